@@ -1,0 +1,1 @@
+"""End-to-end runs that compose the library's stages (sources, training, evaluation, export)."""

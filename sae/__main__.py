@@ -1,0 +1,3 @@
+from sae.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Measuring a trained SAE: against known features (toy sources) and on language models."""

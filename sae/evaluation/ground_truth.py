@@ -1,0 +1,160 @@
+"""How well a dictionary recovers known features.
+
+Definitions follow sae_lens.synthetic.evals (a test checks agreement to 1e-4):
+- mcc: Hungarian one-to-one matching on |cos| between decoder rows and true features, mean of
+  matched values.
+- mmcs (Sharkey et al. 2022): for each true feature, the max cosine over decoder rows, averaged.
+- frac_recovered_90 / _99: fraction of true features with some decoder row at |cos| >= 0.9 / 0.99.
+- uniqueness: distinct best-matched true features / number of latents.
+- precision / recall / f1: each latent is a detector for its best-matched true feature
+  ("fires" = nonzero); per-latent scores averaged over all latents.
+- l0, true_l0, explained_variance, dead_latents (never fired on the eval set), shrinkage
+  (mean ||recon|| / ||x||).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from sae.models import SparseAutoencoder
+from sae.sources.base import GroundTruthSource
+
+
+def cosines(latent_dirs: Tensor, true_dirs: Tensor) -> Tensor:
+    """[n_latents, n_true] cosine similarity between rows of the two matrices."""
+    a = latent_dirs / latent_dirs.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    b = true_dirs / true_dirs.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    return (a.double() @ b.double().T).float()
+
+
+def mcc(cos: Tensor) -> float:
+    rows, cols = linear_sum_assignment(1 - cos.abs().numpy())
+    return float(cos.abs()[rows, cols].mean())
+
+
+def mmcs(cos: Tensor) -> float:
+    return float(cos.max(dim=0).values.mean())
+
+
+def frac_recovered(cos: Tensor, threshold: float) -> float:
+    return float((cos.abs().max(dim=0).values >= threshold).float().mean())
+
+
+def uniqueness(cos: Tensor) -> float:
+    return len(cos.abs().argmax(dim=1).unique()) / cos.shape[0]
+
+
+@dataclass
+class GroundTruthMetrics:
+    mcc: float
+    mmcs: float
+    frac_recovered_90: float
+    frac_recovered_99: float
+    uniqueness: float
+    precision: float
+    recall: float
+    f1: float
+    l0: float
+    true_l0: float
+    explained_variance: float
+    dead_latents: int
+    shrinkage: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+class _Streaming:
+    """Sums over eval batches for the activation-dependent metrics."""
+
+    def __init__(self, best_match: Tensor, d_sae: int):
+        self.best_match = best_match
+        self.tp = torch.zeros(d_sae, dtype=torch.float64)
+        self.fp = torch.zeros(d_sae, dtype=torch.float64)
+        self.fn = torch.zeros(d_sae, dtype=torch.float64)
+        self.fired = torch.zeros(d_sae, dtype=torch.bool)
+        self.rows = self.l0 = self.true_l0 = 0.0
+        self.sum_x: Tensor | None = None
+        self.sq_norm = self.sq_residual = self.shrink = 0.0
+        self.shrink_rows = 0
+
+    def add(self, x: Tensor, recon: Tensor, latents: Tensor, features: Tensor) -> None:
+        x, recon = x.double(), recon.double()
+        fires = latents != 0
+        truth = features[:, self.best_match] > 0
+        self.tp += (fires & truth).sum(0)
+        self.fp += (fires & ~truth).sum(0)
+        self.fn += (~fires & truth).sum(0)
+        self.fired |= fires.any(0)
+        self.rows += x.shape[0]
+        self.l0 += float(fires.sum())
+        self.true_l0 += float((features != 0).sum())
+        batch_sum = x.sum(0)
+        self.sum_x = batch_sum if self.sum_x is None else self.sum_x + batch_sum
+        self.sq_norm += float(x.pow(2).sum())
+        self.sq_residual += float((x - recon).pow(2).sum())
+        norms = x.norm(dim=-1)
+        valid = norms > 1e-6
+        self.shrink += float((recon.norm(dim=-1)[valid] / norms[valid]).sum())
+        self.shrink_rows += int(valid.sum())
+
+    def classification(self) -> tuple[float, float, float]:
+        def ratio(num: Tensor, den: Tensor) -> Tensor:
+            return torch.where(den > 0, num / den.clamp(min=1e-300), torch.zeros_like(num))
+
+        precision = ratio(self.tp, self.tp + self.fp)
+        recall = ratio(self.tp, self.tp + self.fn)
+        f1 = ratio(2 * precision * recall, precision + recall)
+        return float(precision.mean()), float(recall.mean()), float(f1.mean())
+
+    def explained_variance(self) -> float:
+        assert self.sum_x is not None
+        variance = self.sq_norm / self.rows - float((self.sum_x / self.rows).pow(2).sum())
+        return 1.0 - (self.sq_residual / self.rows) / variance
+
+
+@torch.no_grad()
+def evaluate_ground_truth(
+    sae: SparseAutoencoder,
+    source: GroundTruthSource,
+    samples: int,
+    batch_size: int,
+    seed: int,
+    input_scale: float = 1.0,
+) -> GroundTruthMetrics:
+    """Evaluate `sae` (trained on inputs multiplied by `input_scale`) on fresh samples."""
+    sae.eval()
+    true_dirs = source.feature_vectors.float().cpu()
+    latent_dirs = sae.W_dec.detach().float().cpu()
+    signed = cosines(latent_dirs, true_dirs)
+    cos = signed.abs()
+    stats = _Streaming(cos.argmax(dim=1), sae.d_sae)
+    generator = torch.Generator().manual_seed(seed)
+    device = sae.W_dec.device
+    done = 0
+    while done < samples:
+        n = min(batch_size, samples - done)
+        x, features = source.sample_with_features(n, generator)
+        out = sae(x.to(device) * input_scale)
+        stats.add(x, out.recon.cpu().double() / input_scale, out.latents.cpu(), features)
+        done += n
+    precision, recall, f1 = stats.classification()
+    return GroundTruthMetrics(
+        mcc=mcc(cos),
+        mmcs=mmcs(signed),
+        frac_recovered_90=frac_recovered(cos, 0.9),
+        frac_recovered_99=frac_recovered(cos, 0.99),
+        uniqueness=uniqueness(cos),
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        l0=stats.l0 / stats.rows,
+        true_l0=stats.true_l0 / stats.rows,
+        explained_variance=stats.explained_variance(),
+        dead_latents=int((~stats.fired).sum()),
+        shrinkage=stats.shrink / max(stats.shrink_rows, 1),
+    )

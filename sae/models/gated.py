@@ -1,0 +1,46 @@
+"""Gated SAE (Rajamanoharan et al. 2024).
+
+A gate decides which latents are on, a magnitude path how strongly; they share W_enc, the
+magnitude path rescaled per latent by exp(r_mag). The L1 penalty sits on the gate's
+pre-activations, and an auxiliary loss makes the gate alone reconstruct the input through a
+frozen copy of the decoder, so the gate's sparsity is not paid for with shrinkage of the
+magnitudes. Here `pre_acts` is the gate pre-activation and b_enc is SAELens's b_gate.
+"""
+
+import torch
+from torch import Tensor, nn
+
+from sae.config import SAEConfig
+from sae.models.base import SparseAutoencoder, StepContext, row_sq_error
+
+
+class GatedSAE(SparseAutoencoder):
+    arch = "gated"
+    saelens_arch = "gated"
+
+    def __init__(self, d_in: int, cfg: SAEConfig, generator: torch.Generator | None = None):
+        super().__init__(d_in, cfg, generator)
+        self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
+
+    def activation(self, pre: Tensor) -> Tensor:
+        magnitude = (pre - self.b_enc) * self.r_mag.exp() + self.b_mag
+        return (pre > 0).to(pre.dtype) * magnitude.relu()
+
+    def sparsity_loss(self, pre: Tensor, latents: Tensor, ctx: StepContext) -> Tensor:
+        gate = pre.relu() * self.W_dec.norm(dim=-1)
+        return ctx.sparsity_scale * self.cfg.l1_coefficient * gate.sum(-1).mean()
+
+    def extra_loss(self, x: Tensor, pre: Tensor, recon: Tensor, ctx: StepContext) -> Tensor:
+        gate_recon = pre.relu() @ self.W_dec.detach() + self.b_dec.detach()
+        return row_sq_error(x, gate_recon) + super().extra_loss(x, pre, recon, ctx)
+
+    def latent_axes(self) -> dict[str, int]:
+        return {**super().latent_axes(), "r_mag": 0, "b_mag": 0}
+
+    def saelens_weights(self) -> dict[str, Tensor]:
+        weights = super().saelens_weights()
+        weights["b_gate"] = weights.pop("b_enc")
+        weights["r_mag"] = self.r_mag.detach()
+        weights["b_mag"] = self.b_mag.detach()
+        return weights

@@ -1,0 +1,36 @@
+"""Matryoshka BatchTopK SAE (Bussmann et al. 2025; Nabeshima 2024).
+
+The dictionary is read as nested prefixes W_dec[:m_1] in W_dec[:m_2] ... in W_dec; each prefix
+must reconstruct the input on its own. Early latents are pushed to carry general (parent)
+features, so they do not absorb their children, which is what makes this architecture the
+best published one on hierarchical ground truth. Activation and inference threshold are
+BatchTopK's.
+"""
+
+from torch import Tensor
+
+from sae.models.base import row_sq_error
+from sae.models.batchtopk import BatchTopKSAE
+
+
+class MatryoshkaSAE(BatchTopKSAE):
+    arch = "matryoshka"
+
+    def prefix_widths(self) -> list[int]:
+        widths = list(self.cfg.matryoshka_widths or default_widths(self.d_sae))
+        return widths if widths[-1] == self.d_sae else [*widths, self.d_sae]
+
+    def reconstruction_loss(self, x: Tensor, latents: Tensor, mse: Tensor) -> Tensor:
+        # Partial reconstructions are built up prefix by prefix, each from the previous one.
+        total, recon, start = mse, self.b_dec, 0
+        for end in self.prefix_widths()[:-1]:
+            recon = recon + latents[:, start:end] @ self.W_dec[start:end]
+            total = total + row_sq_error(x, recon)
+            start = end
+        return total / len(self.prefix_widths())
+
+
+def default_widths(d_sae: int) -> list[int]:
+    """Doubling prefixes from d_sae/32 up to d_sae."""
+    widths = [max(1, d_sae >> shift) for shift in (5, 4, 3, 2, 1)]
+    return sorted({w for w in widths if w < d_sae}) + [d_sae]

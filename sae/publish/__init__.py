@@ -1,0 +1,1 @@
+"""Writing trained SAEs in the formats the ecosystem loads."""

@@ -1,0 +1,19 @@
+"""Sources of activations: toy models, synthetic dictionaries, stores, language models."""
+
+from sae.config import DataConfig
+from sae.sources.base import ActivationSource, BatchStream, GroundTruthSource
+
+
+def build_source(data: DataConfig, seed: int) -> ActivationSource:
+    if data.toy is not None:
+        from sae.sources.toy import ToySuperposition
+
+        return ToySuperposition(data.toy, seed)
+    if data.synthetic is not None:
+        from sae.sources.synthetic import SyntheticSource
+
+        return SyntheticSource(data.synthetic, seed)
+    raise NotImplementedError(f"data source '{data.kind}' is not available yet")
+
+
+__all__ = ["ActivationSource", "BatchStream", "GroundTruthSource", "build_source"]

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny configs that train in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+os.environ.setdefault("WANDB_MODE", "disabled")  # tests never talk to wandb's servers
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_tree(arch: str = "topk", **sae: Any) -> dict[str, Any]:
+    """64 synthetic features in 16 dims: trains in a second or two."""
+    return {
+        "seed": 0,
+        "data": {
+            "synthetic": {
+                "num_features": 64,
+                "hidden_dim": 16,
+                "firing": {"kind": "constant", "probability": 0.04},
+                "std_magnitude": 0.2,
+            }
+        },
+        "sae": {"arch": arch, "d_sae": 64, "k": 4, **sae},
+        "train": {
+            "samples": 60_000,
+            "batch_size": 512,
+            "lr": 3e-3,
+            "lr_warmup_steps": 5,
+            "checkpoint_every_steps": 20,
+            "dead_window_samples": 20_000,
+        },
+        "eval": {"samples": 4096, "batch_size": 2048, "threshold_batches": 4},
+        "logging": {"wandb": False, "progress": False, "log_every_steps": 10},
+    }
+
+
+def write_config(path: Path, tree: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "tiny.yaml", tiny_tree())
