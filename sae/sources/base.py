@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,12 +32,49 @@ class BatchStream(Iterator[Tensor], ABC):
         """Release background resources (prefetch threads, open files)."""
 
 
+@dataclass
+class HarvestBatch:
+    """Rows of one forward pass as a harvest writes them: one [rows, d] tensor per hook, plus
+    optional per-row metadata kept for feature dashboards and monosemanticity scoring."""
+
+    activations: dict[str, Tensor]
+    token_ids: Tensor | None = None  # [rows] int64
+    positions: Tensor | None = None  # [rows] int64, position within the context window
+    doc_ids: Tensor | None = None  # [rows] int64, index of the source document
+    labels: dict[str, Tensor] = field(default_factory=dict)  # planted latent variables, [rows]
+
+    @property
+    def rows(self) -> int:
+        return next(iter(self.activations.values())).shape[0]
+
+
+class HarvestStream(Iterator[HarvestBatch], ABC):
+    """Like BatchStream, for harvesting: resumable, yields HarvestBatch."""
+
+    @abstractmethod
+    def __next__(self) -> HarvestBatch: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def close(self) -> None:
+        """Release background resources."""
+
+
 class ActivationSource(ABC):
     d_in: int
+    hook_names: tuple[str, ...] = ("hidden",)
 
     @abstractmethod
     def stream(self, batch_size: int, seed: int) -> BatchStream:
         """A fresh stream; two streams with the same seed yield the same batches."""
+
+    def harvest_stream(self, batch_rows: int, seed: int) -> HarvestStream:
+        """Rows for a store. Single-hook sources wrap `stream`; language models override."""
+        return _SingleHookHarvest(self.stream(batch_rows, seed), self.hook_names[0])
 
     def metadata(self) -> dict[str, Any]:
         """Describes the source for metrics.json and store manifests."""
@@ -75,3 +113,20 @@ class SampledStream(BatchStream):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["rng"])
         self.batches = int(state["batches"])
+
+
+class _SingleHookHarvest(HarvestStream):
+    def __init__(self, stream: BatchStream, hook: str):
+        self.inner, self.hook = stream, hook
+
+    def __next__(self) -> HarvestBatch:
+        return HarvestBatch(activations={self.hook: next(self.inner)})
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+    def close(self) -> None:
+        self.inner.close()
