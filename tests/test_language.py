@@ -5,15 +5,14 @@ from __future__ import annotations
 import torch
 
 from sae.language.grammar import (
-    COPULA,
     DETERMINERS,
     NOT_APPLICABLE,
+    NOUN_FORMS,
     PLURAL,
-    SAY_VERBS,
-    SHARED,
     SINGULAR,
     TOPICS,
     VARIABLES,
+    VERB_FORMS,
     generate_document,
     indicators,
     vocabulary,
@@ -23,16 +22,8 @@ from sae.language.tokenizer import build_tokenizer
 DOCUMENTS = [generate_document(7, "train", i) for i in range(300)]
 
 
-def _verb_numbers() -> dict[str, int]:
-    """Every verb form and the subject number it agrees with."""
-    pairs = [*SAY_VERBS, COPULA]
-    for lexicon in (*TOPICS, SHARED):
-        pairs += [*lexicon.transitive, *lexicon.intransitive]
-    return {
-        form: number
-        for pair in pairs
-        for number, form in zip((SINGULAR, PLURAL), pair, strict=True)
-    }
+def _number(forms: dict[str, tuple[str, str]]) -> dict[str, int]:
+    return {form: pair.index(form) + 1 for form, pair in forms.items()}
 
 
 def test_documents_are_a_pure_function_of_seed_split_and_index() -> None:
@@ -50,7 +41,7 @@ def test_every_word_has_one_label_per_variable() -> None:
 
 
 def test_verbs_agree_with_the_number_pending_before_them() -> None:
-    verbs = _verb_numbers()
+    verbs = _number(VERB_FORMS)
     checked = 0
     for document in DOCUMENTS:
         number = document.labels["number"]
@@ -62,13 +53,7 @@ def test_verbs_agree_with_the_number_pending_before_them() -> None:
 
 
 def test_agreement_opens_on_a_subject_noun_whose_determiner_agrees() -> None:
-    verbs = _verb_numbers()
-    nouns = {
-        form: number
-        for lexicon in (*TOPICS, SHARED)
-        for pair in lexicon.nouns
-        for number, form in zip((SINGULAR, PLURAL), pair, strict=True)
-    }
+    verbs, nouns = _number(VERB_FORMS), _number(NOUN_FORMS)
     determiners = set(DETERMINERS[SINGULAR]) | set(DETERMINERS[PLURAL])
     opened = 0
     for document in DOCUMENTS:

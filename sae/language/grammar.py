@@ -155,6 +155,19 @@ SHARED = Lexicon(
 )
 
 
+def _inflections(pairs: list[tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    return {form: pair for pair in pairs for form in pair}
+
+
+_LEXICONS = (*TOPICS, SHARED)
+# Every noun / verb form -> its (singular, plural) pair; a form's number is its index + 1.
+NOUN_FORMS = _inflections([pair for lexicon in _LEXICONS for pair in lexicon.nouns])
+VERB_FORMS = _inflections(
+    [*SAY_VERBS, COPULA]
+    + [pair for lexicon in _LEXICONS for pair in (*lexicon.transitive, *lexicon.intransitive)]
+)
+
+
 def vocabulary() -> list[str]:
     """Every token of the language, special tokens first; the order fixes the token ids."""
     words = [*SPECIAL_TOKENS, *PUNCTUATION, *FUNCTION_WORDS, *COPULA]
