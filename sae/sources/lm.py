@@ -46,10 +46,10 @@ class LMSource(ActivationSource):
         self.hook_names = tuple(cfg.hooks)
         self.special = _special_ids(cfg, model.tokenizer)
         self.excluded = _excluded_ids(model.tokenizer) if cfg.exclude_special_tokens else None
-        self.hook_dims = model.hook_dims(self.hook_names)
-        self.d_in = self.hook_dims[self.hook_names[0]]
         if cfg.dataset == GENERATED:
             _check_word_level(model.tokenizer)
+        self.hook_dims = model.hook_dims(self.hook_names)
+        self.d_in = self.hook_dims[self.hook_names[0]]
 
     @property
     def label_names(self) -> tuple[str, ...]:

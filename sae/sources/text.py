@@ -233,9 +233,8 @@ class TokenWindows(Iterator[Window]):
 
     def _next_document(self) -> tuple[RawDocument, list[int], dict[str, list[int]]] | None:
         for document in self.documents:
-            ids = self.tokenizer(document.text, add_special_tokens=False, verbose=False)[
-                "input_ids"
-            ]
+            encoded = self.tokenizer(document.text, add_special_tokens=False, verbose=False)
+            ids = encoded["input_ids"]
             if not ids:
                 continue
             labels = document.labels or {}
