@@ -16,13 +16,12 @@ from sae.evaluation.ground_truth import evaluate_ground_truth
 from sae.io import atomic_write_json
 from sae.models import SparseAutoencoder, build_sae
 from sae.publish.saelens import save_saelens
+from sae.seeding import derive_seed
 from sae.sources import build_source
 from sae.sources.base import GroundTruthSource
 from sae.tables import format_table
 from sae.training.trainer import Trainer
 
-THRESHOLD_STREAM_OFFSET = 3_000_017
-EVAL_SEED_OFFSET = 4_000_037
 SUMMARY_COLUMNS = (
     "arch", "mcc", "f1", "precision", "recall", "frac_recovered_90", "l0", "true_l0",
     "explained_variance", "dead_latents", "seconds",
@@ -47,13 +46,13 @@ def train_and_evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, sae, source, out_dir)
     summary = trainer.fit()
-    sae.fit_inference(trainer.fresh_batches(cfg.eval.threshold_batches, THRESHOLD_STREAM_OFFSET))
+    sae.fit_inference(trainer.fresh_batches(cfg.eval.threshold_batches, "inference-fit"))
     metrics = evaluate_ground_truth(
         sae,
         source,
         samples=cfg.eval.samples,
         batch_size=cfg.eval.batch_size,
-        seed=cfg.seed + EVAL_SEED_OFFSET,
+        seed=derive_seed(cfg.seed, "eval"),
         input_scale=summary.input_scale,
     )
     save_saelens(sae, summary.input_scale, out_dir / "sae", metadata={"source": cfg.data.kind})
