@@ -25,6 +25,7 @@ from torch import Tensor
 from sae.config import LMConfig
 from sae.errors import ConfigError, DataError
 from sae.lm.models import LanguageModel
+from sae.seeding import derive_seed
 from sae.sources.base import ActivationSource, BatchStream, HarvestBatch, HarvestStream
 from sae.sources.text import GENERATED, SpecialIds, TokenWindows, build_reader, check_dataset
 
@@ -292,7 +293,7 @@ class ShuffledStream(BatchStream):
         self.slice = (rank, world_size)
         per_fill = max(1, -(-source.cfg.shuffle_rows // batch_size))
         self.fill_rows = per_fill * batch_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(derive_seed(seed, "shuffle"))
         self.epoch = 0
         self.harvest = self._harvest()
         self.buffer: Tensor | None = None
