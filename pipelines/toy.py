@@ -72,5 +72,8 @@ def train_and_evaluate(
 def run_toy(cfg: Config, out_dir: Path) -> dict[str, Any]:
     source = build_ground_truth(cfg)
     result = train_and_evaluate(cfg, source, out_dir)
+    stats = {k: v for k, v in result["source"].items() if isinstance(v, int | float)}
+    if stats:
+        print("source: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
     print(format_table([result], SUMMARY_COLUMNS))
     return result
