@@ -194,10 +194,11 @@ class SAEConfig(Section):
     # topk, batchtopk, matryoshka: active latents per row (batch-averaged for the batch variants,
     # which may take a fractional k, as in SAELens)
     k: float = Field(32, gt=0)
-    # batchtopk, matryoshka: train as a per-row TopK SAE with warm_start_k (default 2k) for this
-    # fraction of training before switching to batch-level top-k. The per-row phase gives
-    # every row spare slots to explore, so latents specialise instead of starving in the
-    # global competition (without it, half the latents can die on synthetic data).
+    # batchtopk, matryoshka, jumprelu: train as a per-row TopK SAE with warm_start_k (default
+    # 2k) for this fraction of training before switching to the architecture's own activation.
+    # The per-row phase gives every row spare slots to explore, so latents specialise instead
+    # of starving in a global competition (without it, half the latents can die on synthetic
+    # data). jumprelu then starts every threshold at the batch-level cutoff for k.
     warm_start_frac: float = Field(0.0, ge=0, le=1)
     warm_start_k: int | None = Field(None, ge=1)
     # relu, gated: L1 coefficient (relu weights it by decoder row norm, Anthropic Apr 2024)

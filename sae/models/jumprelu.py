@@ -11,6 +11,8 @@ from torch import Tensor, nn
 
 from sae.config import SAEConfig
 from sae.models.base import SparseAutoencoder, StepContext
+from sae.models.batchtopk import batch_topk
+from sae.models.topk import topk_per_row
 
 
 def _kernel(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
@@ -55,6 +57,8 @@ class JumpReLUSAE(SparseAutoencoder):
         super().__init__(d_in, cfg, generator)
         init = torch.full((cfg.d_sae,), float(cfg.jumprelu_init_threshold))
         self.log_threshold = nn.Parameter(init.log())
+        # After a TopK warm start the thresholds are set once, from the data, then learned.
+        self.register_buffer("warm_start_done", torch.tensor(False))
 
     @property
     def threshold(self) -> Tensor:
@@ -64,9 +68,23 @@ class JumpReLUSAE(SparseAutoencoder):
         return pre.relu() * (pre > self.threshold)
 
     def train_activation(self, pre: Tensor, ctx: StepContext) -> Tensor:
+        if ctx.progress < self.cfg.warm_start_frac:
+            return topk_per_row(pre, self.cfg.warm_k())
+        if self.cfg.warm_start_frac > 0 and not self.warm_start_done:
+            self._thresholds_from_batch_topk(pre)
         return _JumpReLU.apply(pre, self.threshold, self.cfg.jumprelu_bandwidth)
 
+    @torch.no_grad()
+    def _thresholds_from_batch_topk(self, pre: Tensor) -> None:
+        """Start every threshold at the cutoff that keeps k latents per row on average."""
+        kept = batch_topk(pre, self.cfg.k)
+        cutoff = kept[kept > 0].min() if (kept > 0).any() else pre.new_tensor(1.0)
+        self.log_threshold.fill_(float(cutoff.clamp(min=1e-6).log()))
+        self.warm_start_done.fill_(True)
+
     def sparsity_loss(self, pre: Tensor, latents: Tensor, ctx: StepContext) -> Tensor:
+        if ctx.progress < self.cfg.warm_start_frac:
+            return pre.new_zeros(())
         l0 = _Step.apply(pre, self.threshold, self.cfg.jumprelu_bandwidth).sum(-1).mean()
         return ctx.sparsity_scale * self.cfg.l0_coefficient * l0
 
