@@ -12,14 +12,7 @@ from torch import Tensor
 
 from sae.config import SAEConfig
 from sae.models.base import SparseAutoencoder
-
-
-def batch_topk(pre: Tensor, k: int) -> Tensor:
-    acts = pre.relu()
-    flat = acts.flatten()
-    n_keep = min(k * pre.shape[0], flat.numel())
-    values, indices = flat.topk(n_keep, sorted=False)
-    return torch.zeros_like(flat).scatter_(0, indices, values).view_as(pre)
+from sae.models.sparse import Layout, batch_topk_pairs
 
 
 class BatchTopKSAE(SparseAutoencoder):
@@ -31,19 +24,18 @@ class BatchTopKSAE(SparseAutoencoder):
         # NaN until fitted: until then inference falls back to batch-level top-k.
         self.register_buffer("threshold", torch.tensor(float("nan")))
 
-    def train_activation(self, pre: Tensor) -> Tensor:
-        return batch_topk(pre, self.cfg.k)
-
-    def activation(self, pre: Tensor) -> Tensor:
-        if torch.isnan(self.threshold):
-            return batch_topk(pre, self.cfg.k)
-        return pre.relu() * (pre > self.threshold)
+    def select(self, pre: Tensor, training: bool) -> Layout:
+        if training or torch.isnan(self.threshold):
+            return batch_topk_pairs(pre.relu(), self.cfg.k * pre.shape[0])
+        return Layout.from_mask(pre > self.threshold)
 
     @torch.no_grad()
     def fit_inference(self, batches: list[Tensor]) -> None:
         minima = []
         for x in batches:
-            kept = batch_topk(self.pre_acts(x), self.cfg.k)
+            pre = self.pre_acts(x)
+            layout = self.select(pre, training=True)
+            kept = self.pair_acts(layout.gather(pre), layout.latent)
             positive = kept[kept > 0]
             if positive.numel():
                 minima.append(positive.min())

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from sae.config import SAEConfig
 from sae.models.base import SparseAutoencoder, StepContext
+from sae.models.sparse import LatentIndex, Layout
 
 
 def _kernel(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
@@ -29,8 +30,8 @@ class _JumpReLU(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
         pre, threshold = ctx.saved_tensors
         grad_pre = grad * (pre > threshold)
-        grad_threshold = -(threshold * _kernel(pre, threshold, ctx.bandwidth) * grad).sum(0)
-        return grad_pre, grad_threshold, None
+        grad_threshold = -(threshold * _kernel(pre, threshold, ctx.bandwidth) * grad)
+        return grad_pre, grad_threshold.sum_to_size(threshold.shape), None
 
 
 class _Step(torch.autograd.Function):
@@ -43,8 +44,8 @@ class _Step(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
         pre, threshold = ctx.saved_tensors
-        grad_threshold = -(_kernel(pre, threshold, ctx.bandwidth) * grad).sum(0)
-        return None, grad_threshold, None
+        grad_threshold = -(_kernel(pre, threshold, ctx.bandwidth) * grad)
+        return None, grad_threshold.sum_to_size(threshold.shape), None
 
 
 class JumpReLUSAE(SparseAutoencoder):
@@ -60,14 +61,18 @@ class JumpReLUSAE(SparseAutoencoder):
     def threshold(self) -> Tensor:
         return self.log_threshold.exp()
 
-    def activation(self, pre: Tensor) -> Tensor:
-        return pre.relu() * (pre > self.threshold)
+    def select(self, pre: Tensor, training: bool) -> Layout:
+        # In training the straight-through estimator also needs the pairs just below the
+        # threshold, within half a bandwidth: they carry the threshold's gradient.
+        margin = self.cfg.jumprelu_bandwidth / 2 if training else 0.0
+        return Layout.from_mask(pre > self.threshold - margin)
 
-    def train_activation(self, pre: Tensor) -> Tensor:
-        return _JumpReLU.apply(pre, self.threshold, self.cfg.jumprelu_bandwidth)
+    def pair_acts(self, pre: Tensor, latent: LatentIndex) -> Tensor:
+        return _JumpReLU.apply(pre, self.threshold[latent], self.cfg.jumprelu_bandwidth)
 
-    def sparsity_loss(self, pre: Tensor, latents: Tensor, ctx: StepContext) -> Tensor:
-        l0 = _Step.apply(pre, self.threshold, self.cfg.jumprelu_bandwidth).sum(-1).mean()
+    def sparsity_loss(self, pre: Tensor, acts: Tensor, layout: Layout, ctx: StepContext) -> Tensor:
+        threshold = self.threshold[layout.latent]
+        l0 = _Step.apply(pre, threshold, self.cfg.jumprelu_bandwidth).sum() / layout.n_rows
         return ctx.sparsity_scale * self.cfg.l0_coefficient * l0
 
     def latent_axes(self) -> dict[str, int]:

@@ -226,7 +226,7 @@ class Trainer:
         self.optimizer.step()
         self.sae.normalize_decoder()
         with torch.no_grad():
-            fired = (out.latents != 0).any(0)
+            fired = out.latents.fired()
             self.samples_since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
         return out
 
@@ -251,7 +251,7 @@ class Trainer:
             "mse": float(out.mse),
             "sparsity": float(out.sparsity),
             "aux": float(out.aux),
-            "l0": float((out.latents != 0).sum(-1).float().mean()),
+            "l0": out.latents.l0(),
             "explained_variance": float(1 - residual / variance),
             "dead_fraction": float(dead.float().mean()),
             "lr": self._lr(self.step - 1),
