@@ -25,6 +25,7 @@ from sae.models.sparse import (
     LatentIndex,
     Latents,
     Layout,
+    PreActsBuffer,
     encode_at,
     topk_pairs,
 )
@@ -74,6 +75,7 @@ class SparseAutoencoder(nn.Module):
         self.W_enc = nn.Parameter(W_dec.T.clone().contiguous())
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self._scratch = PreActsBuffer()
 
     # ------------------------------------------------------------------ what an architecture says
 
@@ -102,7 +104,7 @@ class SparseAutoencoder(nn.Module):
     # ------------------------------------------------------------------ inference
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc)
 
     def activation(self, pre: Tensor) -> Tensor:
         """Inference-time latents from pre-activations, as a dense matrix."""
@@ -126,7 +128,7 @@ class SparseAutoencoder(nn.Module):
         active pairs, and decoding and every gradient after it work on those pairs alone
         (dense kernels instead when too many latents are active for that to pay)."""
         with torch.no_grad():
-            pre_all = self.pre_acts(x)
+            pre_all = self._scratch.pre_acts(x, self.b_dec, self.W_enc, self.b_enc)
             layout = self.select(pre_all, training=True)
             aux_layout = self._auxk_layout(pre_all, ctx)
         sparse = ctx.sparse if ctx.sparse is not None else layout.density() <= DENSE_ABOVE

@@ -98,7 +98,9 @@ class Layout:
     def restrict(self, values: Tensor, start: int, end: int) -> tuple[Tensor, Layout]:
         """The values and layout of latents [start, end) only (matryoshka prefixes)."""
         if not self.sparse:
-            return values[:, start:end], Layout(self.n_rows, end - start, mask=self.mask[:, start:end])
+            return values[:, start:end], Layout(
+                self.n_rows, end - start, mask=self.mask[:, start:end]
+            )
         keep = (self.cols >= start) & (self.cols < end)
         sub = Layout.from_pairs(self.rows[keep], self.cols[keep] - start, self.n_rows, end - start)
         return values[keep], sub
@@ -164,6 +166,34 @@ def batch_topk_pairs(acts: Tensor, n_keep: int) -> Layout:
 # ---------------------------------------------------------------------------- the two operations
 
 
+class PreActsBuffer:
+    """The dense pre-activations of a training step, written into one reused matrix.
+
+    A fresh [rows, latents] matrix every step is the largest allocation of the step, and on
+    CPU it comes from the OS each time (page faults on first touch); reusing one is free.
+    Autocast's dtype is honoured by hand (autocast has no `out=` form): bf16 here picks the
+    pairs, while `encode_at` recomputes their values exactly. A step that keeps using the
+    previous matrix after the next was written fails autograd's version check instead of
+    computing wrong gradients.
+    """
+
+    def __init__(self) -> None:
+        self.matrix: Tensor | None = None
+
+    @torch.no_grad()
+    def pre_acts(self, x: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
+        device = x.device.type
+        low = torch.is_autocast_enabled(device)
+        dtype = torch.get_autocast_dtype(device) if low else W_enc.dtype
+        shape = (x.shape[0], W_enc.shape[1])
+        m = self.matrix
+        if m is None or m.shape != shape or m.dtype != dtype or m.device != x.device:
+            m = self.matrix = torch.empty(shape, dtype=dtype, device=x.device)
+        with torch.autocast(device, enabled=False):
+            xc = (x - b_dec).to(dtype)
+            return torch.addmm(b_enc.to(dtype), xc, W_enc.to(dtype), out=m)
+
+
 def encode_at(
     x: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, layout: Layout
 ) -> Tensor:
@@ -206,7 +236,11 @@ class _EncodeAt(torch.autograd.Function):
                 grad_W = _sum_rows_per_latent(xc, grad, layout).t()
             if need_x:
                 grad_x = F.embedding_bag(
-                    layout.cols, W_enc.t(), layout.row_offsets(), per_sample_weights=grad, mode="sum"
+                    layout.cols,
+                    W_enc.t(),
+                    layout.row_offsets(),
+                    per_sample_weights=grad,
+                    mode="sum",
                 )
         else:
             latent_sums = grad.sum(0)
