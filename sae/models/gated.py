@@ -25,7 +25,7 @@ class GatedSAE(SparseAutoencoder):
         self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
 
     def select(self, pre: Tensor, training: bool) -> Layout:
-        return Layout.from_mask(pre > 0)
+        return Layout.from_threshold(pre, 0.0)
 
     def pair_acts(self, pre: Tensor, latent: LatentIndex) -> Tensor:
         magnitude = (pre - self.b_enc[latent]) * self.r_mag[latent].exp() + self.b_mag[latent]

@@ -65,7 +65,7 @@ class JumpReLUSAE(SparseAutoencoder):
         # In training the straight-through estimator also needs the pairs just below the
         # threshold, within half a bandwidth: they carry the threshold's gradient.
         margin = self.cfg.jumprelu_bandwidth / 2 if training else 0.0
-        return Layout.from_mask(pre > self.threshold - margin)
+        return Layout.from_threshold(pre, self.threshold - margin)
 
     def pair_acts(self, pre: Tensor, latent: LatentIndex) -> Tensor:
         return _JumpReLU.apply(pre, self.threshold[latent], self.cfg.jumprelu_bandwidth)

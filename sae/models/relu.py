@@ -19,7 +19,7 @@ class ReLUSAE(SparseAutoencoder):
     unit_norm_decoder = False
 
     def select(self, pre: Tensor, training: bool) -> Layout:
-        return Layout.from_mask(pre > 0)
+        return Layout.from_threshold(pre, 0.0)
 
     def sparsity_loss(self, pre: Tensor, acts: Tensor, layout: Layout, ctx: StepContext) -> Tensor:
         weighted = acts * self.W_dec.norm(dim=-1)[layout.latent]

@@ -17,11 +17,13 @@ and a weighted sum per bag), so nothing of size [rows, latents] is made in the b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from sae.models import kernels
 
 LatentIndex = Tensor | slice
 ALL = slice(None)
@@ -33,14 +35,20 @@ DENSE_ABOVE = 0.05
 
 @dataclass
 class Layout:
-    """Where one batch's latent values sit: index pairs, or a dense matrix with a mask."""
+    """Where one batch's latent values sit: index pairs, or a dense matrix with a mask.
+
+    An activation may also hand over its pairs unlisted, as "pre > threshold" (`above`):
+    counting them is cheap, and listing them (`to_sparse`) or masking them (`to_dense`) waits
+    until the density has decided which layout the step runs in.
+    """
 
     n_rows: int
     n_latents: int
     rows: Tensor | None = None  # [nnz] int64, non-decreasing (row-major order)
-    cols: Tensor | None = None  # [nnz] int64
+    cols: Tensor | None = None  # [nnz] int64, ascending within a row
     mask: Tensor | None = None  # [n_rows, n_latents] bool, for the dense layout
-    _by_col: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
+    above: tuple[Tensor, Tensor] | None = None  # (pre, threshold [n_latents])
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_pairs(cls, rows: Tensor, cols: Tensor, n_rows: int, n_latents: int) -> Layout:
@@ -49,6 +57,12 @@ class Layout:
     @classmethod
     def from_mask(cls, mask: Tensor) -> Layout:
         return cls(mask.shape[0], mask.shape[1], mask=mask)
+
+    @classmethod
+    def from_threshold(cls, pre: Tensor, threshold: Tensor | float) -> Layout:
+        """The pairs where pre > threshold (a number, or one per latent)."""
+        threshold = torch.as_tensor(threshold, dtype=pre.dtype, device=pre.device)
+        return cls(pre.shape[0], pre.shape[1], above=(pre, threshold.expand(pre.shape[1])))
 
     @property
     def sparse(self) -> bool:
@@ -59,7 +73,11 @@ class Layout:
         return self.cols if self.cols is not None else ALL
 
     def count(self) -> int:
-        return self.rows.numel() if self.rows is not None else int(self.mask.sum())
+        if self.rows is not None:
+            return self.rows.numel()
+        if self.mask is not None:
+            return int(self.mask.sum())
+        return int(self._row_counts().sum())
 
     def density(self) -> float:
         return self.count() / max(1, self.n_rows * self.n_latents)
@@ -67,33 +85,52 @@ class Layout:
     def to_sparse(self) -> Layout:
         if self.sparse:
             return self
-        rows, cols = self.mask.nonzero().unbind(1)  # row-major, as the kernels expect
+        if self.mask is not None:
+            rows, cols = self.mask.nonzero().unbind(1)  # row-major, as the kernels expect
+        else:
+            rows, cols = kernels.pairs_above(*self.above, self._row_counts())
         return Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
 
     def to_dense(self) -> Layout:
-        if not self.sparse:
+        if self.mask is not None:
             return self
-        mask = torch.zeros(self.n_rows, self.n_latents, dtype=torch.bool, device=self.rows.device)
-        mask[self.rows, self.cols] = True
-        return Layout.from_mask(mask)
+        if self.above is not None:
+            pre, threshold = self.above
+            return Layout.from_mask(pre > threshold)
+        mask = torch.zeros(self.n_rows * self.n_latents, dtype=torch.bool, device=self.rows.device)
+        mask[self.flat_index()] = True
+        return Layout.from_mask(mask.view(self.n_rows, self.n_latents))
+
+    def _row_counts(self) -> Tensor:
+        if "row_counts" not in self._cache:
+            self._cache["row_counts"] = kernels.count_above(*self.above)
+        return self._cache["row_counts"]
+
+    def flat_index(self) -> Tensor:
+        """Position of each pair in the flattened [rows, latents] matrix."""
+        if "flat" not in self._cache:
+            self._cache["flat"] = self.rows * self.n_latents + self.cols
+        return self._cache["flat"]
 
     def gather(self, dense: Tensor) -> Tensor:
         """Values of a [rows, latents] matrix at this layout's positions (no masking if dense)."""
-        return dense[self.rows, self.cols] if self.sparse else dense
+        if not self.sparse:
+            return dense
+        return dense.reshape(-1).take(self.flat_index())
 
     def row_offsets(self) -> Tensor:
         """Start of each row's pairs: the `offsets` of an embedding bag per row."""
-        counts = torch.bincount(self.rows, minlength=self.n_rows)
-        return counts.cumsum(0) - counts
+        if "row_offsets" not in self._cache:
+            counts = torch.bincount(self.rows, minlength=self.n_rows)
+            self._cache["row_offsets"] = counts.cumsum(0) - counts
+        return self._cache["row_offsets"]
 
     def by_col(self) -> tuple[Tensor, Tensor]:
-        """(order, offsets): pairs sorted by latent (stably, so deterministic) and the start
+        """(order, offsets): pairs ordered by latent (stably, so deterministic) and the start
         of each latent's run, for the gradients that sum over rows per latent."""
-        if self._by_col is None:
-            order = torch.argsort(self.cols, stable=True)
-            counts = torch.bincount(self.cols, minlength=self.n_latents)
-            self._by_col = (order, counts.cumsum(0) - counts)
-        return self._by_col
+        if "by_col" not in self._cache:
+            self._cache["by_col"] = kernels.order_by_latent(self.cols, self.n_latents)
+        return self._cache["by_col"]
 
     def restrict(self, values: Tensor, start: int, end: int) -> tuple[Tensor, Layout]:
         """The values and layout of latents [start, end) only (matryoshka prefixes)."""
@@ -115,9 +152,9 @@ class Layout:
         """The [rows, latents] matrix of the values (zero elsewhere)."""
         if not self.sparse:
             return values
-        out = values.new_zeros(self.n_rows, self.n_latents)
-        out[self.rows, self.cols] = values
-        return out
+        out = values.new_zeros(self.n_rows * self.n_latents)
+        out[self.flat_index()] = values
+        return out.view(self.n_rows, self.n_latents)
 
 
 class Latents(NamedTuple):
@@ -148,8 +185,7 @@ class Latents(NamedTuple):
 
 def topk_pairs(pre: Tensor, k: int) -> Layout:
     """The k largest entries of each row, as row-major pairs (latents ascending in a row)."""
-    _, indices = pre.topk(k, dim=-1, sorted=False)
-    cols = indices.sort(dim=-1).values.flatten()
+    cols = kernels.topk_cols(pre, k).flatten()
     rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k)
     return Layout.from_pairs(rows, cols, *pre.shape)
 
@@ -170,28 +206,47 @@ class PreActsBuffer:
     """The dense pre-activations of a training step, written into one reused matrix.
 
     A fresh [rows, latents] matrix every step is the largest allocation of the step, and on
-    CPU it comes from the OS each time (page faults on first touch); reusing one is free.
-    Autocast's dtype is honoured by hand (autocast has no `out=` form): bf16 here picks the
-    pairs, while `encode_at` recomputes their values exactly. A step that keeps using the
-    previous matrix after the next was written fails autograd's version check instead of
-    computing wrong gradients.
+    CPU it comes from the OS each time (page faults on first touch); reusing one is free. The
+    bias rides in the matmul as one more input dimension ([x - b_dec, 1] @ [W_enc; b_enc]):
+    adding it separately would be one more pass over the whole matrix. Autocast's dtype is
+    honoured by hand (autocast has no `out=` form): bf16 here only picks the pairs, while
+    `encode_at` recomputes their values exactly. A step that keeps using the previous matrix
+    after the next was written fails autograd's version check instead of computing wrong
+    gradients.
     """
 
     def __init__(self) -> None:
-        self.matrix: Tensor | None = None
+        self.buffers: dict[str, Tensor] = {}
+
+    def _buffer(self, name: str, shape: tuple[int, int], like: Tensor) -> tuple[Tensor, bool]:
+        buffer = self.buffers.get(name)
+        same = buffer is not None and buffer.shape == shape and buffer.dtype == like.dtype
+        if not same or buffer.device != like.device:
+            buffer = self.buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+            return buffer, True
+        return buffer, False
 
     @torch.no_grad()
     def pre_acts(self, x: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
         device = x.device.type
         low = torch.is_autocast_enabled(device)
         dtype = torch.get_autocast_dtype(device) if low else W_enc.dtype
-        shape = (x.shape[0], W_enc.shape[1])
-        m = self.matrix
-        if m is None or m.shape != shape or m.dtype != dtype or m.device != x.device:
-            m = self.matrix = torch.empty(shape, dtype=dtype, device=x.device)
+        like = W_enc.new_empty(0, dtype=dtype)
+        (n_rows, d_in), n_latents = x.shape, W_enc.shape[1]
+        weights, _ = self._buffer("weights", (d_in + 1, n_latents), like)
+        inputs, fresh = self._buffer("inputs", (n_rows, d_in + 1), like)
+        out, _ = self._buffer("pre", (n_rows, n_latents), like)
+        if fresh:
+            inputs[:, d_in] = 1
+        weights[:d_in].copy_(W_enc)
+        weights[d_in].copy_(b_enc)
+        centred = inputs[:, :d_in]
+        if x.dtype == dtype:
+            torch.sub(x, b_dec, out=centred)
+        else:
+            centred.copy_(x - b_dec)
         with torch.autocast(device, enabled=False):
-            xc = (x - b_dec).to(dtype)
-            return torch.addmm(b_enc.to(dtype), xc, W_enc.to(dtype), out=m)
+            return torch.mm(inputs, weights, out=out)
 
 
 def encode_at(
@@ -217,7 +272,7 @@ class _EncodeAt(torch.autograd.Function):
             # a second matmul. A bf16 `pre` stays bf16 here, as autocast would have it.
             return pre.detach()
         if pre.dtype == xc.dtype:
-            return pre[layout.rows, layout.cols]
+            return layout.gather(pre)
         # Pairs were chosen on low-precision pre-activations; their values are recomputed
         # exactly, so bf16 only decides which latents fire, never what they output.
         return _pair_dots(xc, W_enc.t(), layout) + b_enc[layout.cols]
@@ -275,21 +330,23 @@ class _PairDecode(torch.autograd.Function):
 
 def _pair_dots(rows_of: Tensor, latents_of: Tensor, layout: Layout) -> Tensor:
     """For every pair (r, j): rows_of[r] . latents_of[j], without gathering [nnz, d] rows."""
-    crow = torch.cat([layout.row_offsets(), layout.rows.new_tensor([layout.rows.numel()])])
-    pattern = torch.sparse_csr_tensor(
-        crow,
+    return kernels.pair_dots(
+        rows_of.contiguous(),
+        latents_of.contiguous(),
+        layout.rows,
         layout.cols,
-        rows_of.new_zeros(layout.cols.numel()),
-        (layout.n_rows, layout.n_latents),
-        check_invariants=False,
+        layout.row_offsets(),
     )
-    dots = torch.sparse.sampled_addmm(pattern, rows_of, latents_of.t(), beta=0.0)
-    return dots.values()
 
 
 def _sum_rows_per_latent(rows_of: Tensor, weights: Tensor, layout: Layout) -> Tensor:
-    """[n_latents, d]: for each latent j, the sum over its pairs (r, j) of weight * rows_of[r]."""
+    """[n_latents, d]: for each latent j, the sum over its pairs (r, j) of weight * rows_of[r].
+    One embedding bag per latent over its pairs, in a fixed order: deterministic."""
     order, offsets = layout.by_col()
     return F.embedding_bag(
-        layout.rows[order], rows_of, offsets, per_sample_weights=weights[order], mode="sum"
+        layout.rows.index_select(0, order),
+        rows_of,
+        offsets,
+        per_sample_weights=weights.index_select(0, order),
+        mode="sum",
     )
