@@ -14,9 +14,13 @@ float32 without autocast, its default.
 
 A ReLU SAE's cost depends on how many latents fire: about half at initialisation, a few dozen
 once training has made it sparse, which is most of a run. relu rows are therefore timed at
-trained sparsity: before timing, b_enc is set so each latent fires on about k/m of the rows
-(L0 about k, as a trained SAE), on both sides. The `l0` column shows the L0 ours saw; the
-"relu@init" line shows ours from the plain initialisation (L0 about m/2, dense kernels).
+trained sparsity: on both sides b_enc is set so each latent fires on about k/m of the rows
+(L0 about k, as in a trained SAE) and the learning rate is RELU_HOLD_LR, so that sparsity
+holds through the few timed steps (at the default rate the first Adam steps of such an
+untrained encoder move every pre-activation by more than its spread). A step's cost depends
+on the learning rate only through the sparsity. The `l0` column shows the L0 ours saw; the
+"relu@init" rows show ours from the plain initialisation at the default learning rate (L0
+about m/2, dense kernels), printed but not written to the JSON.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ TABLE = (*JSON_KEYS, "l0", "dtype")
 K = 32
 N_BATCHES = 4  # distinct batches, cycled
 STEPS_PER_RUN = 1_000_000  # the trainers' nominal length: keeps LR warm-up/decay out of the way
+RELU_HOLD_LR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -85,8 +90,8 @@ def run_bench_train(
         f"\nours: {'bf16 encoder matmul, fp32 weights' if bf16 else 'fp32'} on {device}; "
         "SAELens: fp32 (its default, no autocast); bound: one dense "
         f"[batch, d] x [d, m] matmul in {'bf16' if bf16 else 'fp32'}.\n"
-        "relu rows at trained sparsity (b_enc set for L0 ~ k on both sides); "
-        "relu@init: ours from initialisation (L0 ~ m/2), not a JSON row."
+        f"relu rows at trained sparsity (b_enc set for L0 ~ {K}, lr {RELU_HOLD_LR:g}, both sides); "
+        "relu@init: ours from initialisation, default lr (not a JSON row)."
     )
     if out_json:
         json_rows = [{key: row[key] for key in JSON_KEYS} for row in rows if row["arch"] != "relu@init"]
@@ -162,17 +167,26 @@ class _Ours:
     def __init__(self, point: Point, batches: list[Tensor], precision: str, device: torch.device):
         entry = SAEEntry(arch=point.arch, d_sae=point.m, k=K, name="bench")
         tc = TrainConfig(batch_size=point.batch, precision=precision, lr_warmup_steps=0)
+        if _held_sparse(point):
+            tc.lr = RELU_HOLD_LR
         self.run = SAETraining(entry, build_sae(entry, point.d), tc, seed=0, device=device)
         self.batches = batches
-        self.l0 = float("nan")
-        if point.arch == "relu" and not point.at_init:
+        self.last: Any = None
+        if _held_sparse(point):
             with torch.no_grad():
                 sae = self.run.sae
                 sae.b_enc.copy_(_sparse_relu_bias(sae.W_enc, sae.b_dec, batches[0], K))
 
     def step(self, i: int) -> None:
-        out = self.run.train_step(self.batches[i % len(self.batches)], i, STEPS_PER_RUN)
-        self.l0 = out.latents.l0()
+        self.last = self.run.train_step(self.batches[i % len(self.batches)], i, STEPS_PER_RUN)
+
+    @property
+    def l0(self) -> float:
+        return self.last.latents.l0() if self.last is not None else float("nan")
+
+
+def _held_sparse(point: Point) -> bool:
+    return point.arch == "relu" and not point.at_init
 
 
 def _saelens(point: Point, batches: list[Tensor], device: torch.device) -> Callable[[int], None]:
@@ -193,10 +207,12 @@ def _saelens(point: Point, batches: list[Tensor], device: torch.device) -> Calla
             sae.b_enc.copy_(_sparse_relu_bias(sae.W_enc, sae.b_dec, batches[0], K))
     else:
         raise ValueError(f"no SAELens counterpart wired up for arch '{point.arch}'")
+    lr = RELU_HOLD_LR if _held_sparse(point) else SAETrainerConfig.lr
     cfg = SAETrainerConfig(
         total_training_samples=point.batch * STEPS_PER_RUN,
         train_batch_size_samples=point.batch,
-        lr_end=3e-5,
+        lr=lr,
+        lr_end=lr,
         device=str(device),
     )
     trainer = SAETrainer(cfg, sae, data_provider=iter(()))

@@ -108,8 +108,7 @@ class SparseAutoencoder(nn.Module):
 
     def activation(self, pre: Tensor) -> Tensor:
         """Inference-time latents from pre-activations, as a dense matrix."""
-        mask = self.select(pre, training=False).to_dense().mask
-        return self.pair_acts(pre, ALL) * mask
+        return self.select(pre, training=False).to_dense().apply_mask(self.pair_acts(pre, ALL))
 
     def encode(self, x: Tensor) -> Tensor:
         return self.activation(self.pre_acts(x))
@@ -134,9 +133,7 @@ class SparseAutoencoder(nn.Module):
         sparse = ctx.sparse if ctx.sparse is not None else layout.density() <= DENSE_ABOVE
         layout = layout.to_sparse() if sparse else layout.to_dense()
         pre = encode_at(x, self.b_dec, self.W_enc, self.b_enc, pre_all, layout)
-        acts = self.pair_acts(pre, layout.latent)
-        if not layout.sparse:
-            acts = acts * layout.mask
+        acts = layout.apply_mask(self.pair_acts(pre, layout.latent))
         latents = Latents(acts, layout)
         recon = layout.decode(acts, self.W_dec) + self.b_dec
         mse = row_sq_error(x, recon)

@@ -27,7 +27,7 @@ class BatchTopKSAE(SparseAutoencoder):
     def select(self, pre: Tensor, training: bool) -> Layout:
         if training or torch.isnan(self.threshold):
             return batch_topk_pairs(pre.relu(), self.cfg.k * pre.shape[0])
-        return Layout.from_threshold(pre, self.threshold)
+        return Layout.from_threshold(pre, self.threshold, masked=True)
 
     @torch.no_grad()
     def fit_inference(self, batches: list[Tensor]) -> None:

@@ -28,26 +28,28 @@ from sae.models import kernels
 LatentIndex = Tensor | slice
 ALL = slice(None)
 
-# Above this fraction of active pairs the dense kernels (plain matmuls) are faster; measured
-# with `sae bench train`-style steps at d=512, m=8192 on CPU, where the crossover sits near 10%.
-DENSE_ABOVE = 0.05
+# Above this fraction of active pairs the dense kernels (plain matmuls) are faster: measured
+# on ReLU training steps on CPU, the crossover sits at 10% (d=512, m=8192) to 17% (d=128,
+# m=1024) of latents active.
+DENSE_ABOVE = 0.1
 
 
 @dataclass
 class Layout:
-    """Where one batch's latent values sit: index pairs, or a dense matrix with a mask.
+    """Where one batch's latent values sit: index pairs (sparse), or a dense matrix.
 
-    An activation may also hand over its pairs unlisted, as "pre > threshold" (`above`):
-    counting them is cheap, and listing them (`to_sparse`) or masking them (`to_dense`) waits
-    until the density has decided which layout the step runs in.
+    A dense layout has a mask when the activation would otherwise let unselected entries
+    through (top-k), and none when it zeroes them itself: an activation that selects by
+    "pre > threshold" hands that over (`above`), so counting the pairs is one cheap pass and
+    listing them (`to_sparse`) waits until the density has decided the layout of the step.
     """
 
     n_rows: int
     n_latents: int
     rows: Tensor | None = None  # [nnz] int64, non-decreasing (row-major order)
     cols: Tensor | None = None  # [nnz] int64, ascending within a row
-    mask: Tensor | None = None  # [n_rows, n_latents] bool, for the dense layout
-    above: tuple[Tensor, Tensor] | None = None  # (pre, threshold [n_latents])
+    mask: Tensor | None = None  # [n_rows, n_latents] bool: a dense layout's selected entries
+    above: tuple[Tensor, Tensor] | None = None  # (pre, threshold [n_latents]): pre > threshold
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -59,10 +61,13 @@ class Layout:
         return cls(mask.shape[0], mask.shape[1], mask=mask)
 
     @classmethod
-    def from_threshold(cls, pre: Tensor, threshold: Tensor | float) -> Layout:
-        """The pairs where pre > threshold (a number, or one per latent)."""
+    def from_threshold(cls, pre: Tensor, threshold: Tensor | float, masked: bool = False) -> Layout:
+        """The pairs where pre > threshold (a number, or one per latent). `masked`: the
+        activation does not zero the other entries itself, so a dense layout needs the mask."""
         threshold = torch.as_tensor(threshold, dtype=pre.dtype, device=pre.device)
-        return cls(pre.shape[0], pre.shape[1], above=(pre, threshold.expand(pre.shape[1])))
+        threshold = threshold.expand(pre.shape[1])
+        mask = pre > threshold if masked else None
+        return cls(pre.shape[0], pre.shape[1], mask=mask, above=(pre, threshold))
 
     @property
     def sparse(self) -> bool:
@@ -75,7 +80,7 @@ class Layout:
     def count(self) -> int:
         if self.rows is not None:
             return self.rows.numel()
-        if self.mask is not None:
+        if self.above is None:
             return int(self.mask.sum())
         return int(self._row_counts().sum())
 
@@ -85,18 +90,15 @@ class Layout:
     def to_sparse(self) -> Layout:
         if self.sparse:
             return self
-        if self.mask is not None:
+        if self.above is None:
             rows, cols = self.mask.nonzero().unbind(1)  # row-major, as the kernels expect
         else:
             rows, cols = kernels.pairs_above(*self.above, self._row_counts())
         return Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
 
     def to_dense(self) -> Layout:
-        if self.mask is not None:
+        if not self.sparse:
             return self
-        if self.above is not None:
-            pre, threshold = self.above
-            return Layout.from_mask(pre > threshold)
         mask = torch.zeros(self.n_rows * self.n_latents, dtype=torch.bool, device=self.rows.device)
         mask[self.flat_index()] = True
         return Layout.from_mask(mask.view(self.n_rows, self.n_latents))
@@ -111,6 +113,10 @@ class Layout:
         if "flat" not in self._cache:
             self._cache["flat"] = self.rows * self.n_latents + self.cols
         return self._cache["flat"]
+
+    def apply_mask(self, acts: Tensor) -> Tensor:
+        """Zero what the selection left out, where the activation has not done so itself."""
+        return acts * self.mask if self.mask is not None else acts
 
     def gather(self, dense: Tensor) -> Tensor:
         """Values of a [rows, latents] matrix at this layout's positions (no masking if dense)."""
@@ -135,9 +141,11 @@ class Layout:
     def restrict(self, values: Tensor, start: int, end: int) -> tuple[Tensor, Layout]:
         """The values and layout of latents [start, end) only (matryoshka prefixes)."""
         if not self.sparse:
-            return values[:, start:end], Layout(
-                self.n_rows, end - start, mask=self.mask[:, start:end]
-            )
+            mask = self.mask[:, start:end] if self.mask is not None else None
+            above = None
+            if self.above is not None:
+                above = (self.above[0][:, start:end], self.above[1][start:end])
+            return values[:, start:end], Layout(self.n_rows, end - start, mask=mask, above=above)
         keep = (self.cols >= start) & (self.cols < end)
         sub = Layout.from_pairs(self.rows[keep], self.cols[keep] - start, self.n_rows, end - start)
         return values[keep], sub
