@@ -98,6 +98,17 @@ def _bench_train(args: argparse.Namespace) -> None:
     run_bench_train(points, archs, args.warmup, args.steps, args.device, args.precision, args.json)
 
 
+def _bench_multi(args: argparse.Namespace) -> None:
+    ((d, m, batch),) = _shapes(args.point)
+    if not 1 <= args.saes <= 8 or args.steps < 1:
+        raise UserError("--saes must be 1 to 8 and --steps at least 1")
+    if args.json is not None:
+        _check_out_file(args.json)
+    from pipelines.bench_multi import run_bench_multi
+
+    run_bench_multi(args.saes, args.steps, d, m, batch, args.json)
+
+
 def _check_out_file(path: Path) -> None:
     if path.exists() and path.is_dir():
         raise UserError(f"--json {path} is a directory")
@@ -134,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     train.set_defaults(handler=_bench_train)
+
+    multi = bench_sub.add_parser(
+        "multi", help="N SAEs on shared batches vs N separate runs, wall-clock"
+    )
+    multi.add_argument("--json", type=Path, default=None, help="write the row as JSON here")
+    multi.add_argument("--saes", type=int, default=4, help="how many SAEs (a sweep over k)")
+    multi.add_argument("--steps", type=int, default=25, help="training steps of each run")
+    multi.add_argument("--point", default="128x1024x4096", help="shape DxMxB")
+    multi.set_defaults(handler=_bench_multi)
     return parser
 
 

@@ -214,7 +214,7 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # "auto": bf16 encoder matmul where the hardware does bf16 faster (CUDA, AMX CPUs), else
     # fp32; weights, gradients and the values of active latents stay fp32 either way.
-    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     # kernels after the encoder matmul: "sparse" works on the active (row, latent) pairs only,
     # "dense" on full matrices; "auto" picks sparse whenever few latents are active.
     kernels: Literal["auto", "sparse", "dense"] = "auto"

@@ -16,6 +16,7 @@ results do not depend on which implementation ran.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,6 +37,14 @@ def _compiled(t: Tensor) -> bool:
 
 _pool: ThreadPoolExecutor | None = None
 _MIN_ROWS_PER_BLOCK = 256
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child has none of the parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _over_rows(kernel, n_rows: int, *args) -> None:  # type: ignore[no-untyped-def]

@@ -10,8 +10,9 @@ per-latent parameters in either layout (a [nnz] index, or `slice(None)` that bro
 
 `encode_at` and `Layout.decode` are the two differentiable operations. Their gradients are
 the same as those of the dense expressions `(x - b_dec) @ W_enc + b_enc` and
-`latents @ W_dec`, restricted to the pairs; the sparse kernels are embedding bags (a gather
-and a weighted sum per bag), so nothing of size [rows, latents] is made in the backward pass.
+`latents @ W_dec`, restricted to the pairs: sums over the pairs of a row or of a latent are
+embedding bags (a gather and a weighted sum per bag, in a fixed order), dot products per pair
+a compiled loop (kernels.py), so nothing of size [rows, latents] is made after the encoder.
 """
 
 from __future__ import annotations
