@@ -35,10 +35,11 @@ import torch
 from torch import Tensor
 
 from sae.config import SAEEntry, SyntheticConfig, TrainConfig
+from sae.device import pick_device
 from sae.io import atomic_write_json
 from sae.models import build_sae
 from sae.tables import format_table
-from sae.training.trainer import SAETraining, pick_device, uses_bf16
+from sae.training.trainer import SAETraining, uses_bf16
 
 DEFAULT_POINTS = ((128, 1024, 4096), (512, 8192, 4096))
 DEFAULT_ARCHS = ("topk", "relu")
@@ -75,7 +76,7 @@ def run_bench_train(
     precision: str = "auto",
     out_json: str | None = None,
 ) -> list[dict[str, Any]]:
-    device = pick_device(device_name)
+    device = pick_device(device_name, "--device")
     bf16 = uses_bf16(precision, device)
     grid = [Point(arch, *shape) for shape in points for arch in archs]
     grid += [Point("relu", *shape, at_init=True) for shape in points if "relu" in archs]

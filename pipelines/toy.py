@@ -17,13 +17,12 @@ from sae.evaluation.ground_truth import evaluate_ground_truth
 from sae.io import atomic_write_json
 from sae.models import SparseAutoencoder, build_sae
 from sae.publish.saelens import save_saelens
+from sae.seeding import derive_seed
 from sae.sources import build_source
 from sae.sources.base import GroundTruthSource
 from sae.tables import format_table
 from sae.training.trainer import Trainer
 
-THRESHOLD_STREAM_OFFSET = 3_000_017
-EVAL_SEED_OFFSET = 4_000_037
 SUMMARY_COLUMNS = (
     "arch", "mcc", "f1", "precision", "recall", "frac_recovered_90", "l0", "true_l0",
     "explained_variance", "dead_latents", "seconds",
@@ -77,16 +76,13 @@ def _evaluate_and_export(
     name: str | None = None,
 ) -> dict[str, Any]:
     summary = trainer.summary(name)
-    threshold_batches = trainer.fresh_batches(
-        cfg.eval.threshold_batches, THRESHOLD_STREAM_OFFSET, name
-    )
-    sae.fit_inference(threshold_batches)
+    sae.fit_inference(trainer.fresh_batches(cfg.eval.threshold_batches, "inference-fit", name))
     metrics = evaluate_ground_truth(
         sae,
         source,
         samples=cfg.eval.samples,
         batch_size=cfg.eval.batch_size,
-        seed=cfg.seed + EVAL_SEED_OFFSET,
+        seed=derive_seed(cfg.seed, "eval"),
         input_scale=summary.input_scale,
     )
     save_saelens(sae, summary.input_scale, out_dir / "sae", metadata={"source": cfg.data.kind})
@@ -107,8 +103,11 @@ def run_toy(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     source = build_ground_truth(cfg)
     if cfg.saes is None:
         results = [train_and_evaluate(cfg, source, out_dir)]
-        print(format_table(results, SUMMARY_COLUMNS))
     else:
         results = train_and_evaluate_many(cfg, source, out_dir)
-        print(format_table(results, ("name", *SUMMARY_COLUMNS)))
+    stats = {k: v for k, v in results[0]["source"].items() if isinstance(v, int | float)}
+    if stats:
+        print("source: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+    columns = SUMMARY_COLUMNS if cfg.saes is None else ("name", *SUMMARY_COLUMNS)
+    print(format_table(results, columns))
     return results

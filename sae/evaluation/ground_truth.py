@@ -15,13 +15,23 @@ Definitions follow sae_lens.synthetic.evals (a test checks agreement to 1e-4):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from sae.models import SparseAutoencoder
 from sae.sources.base import GroundTruthSource
+
+
+class Dictionary(Protocol):
+    """Anything with encode/decode and a [d_sae, d_in] decoder: ours or a SAELens SAE."""
+
+    W_dec: Tensor
+
+    def encode(self, x: Tensor) -> Tensor: ...
+
+    def decode(self, latents: Tensor) -> Tensor: ...
 
 
 def cosines(latent_dirs: Tensor, true_dirs: Tensor) -> Tensor:
@@ -119,7 +129,7 @@ class _Streaming:
 
 @torch.no_grad()
 def evaluate_ground_truth(
-    sae: SparseAutoencoder,
+    sae: Dictionary,
     source: GroundTruthSource,
     samples: int,
     batch_size: int,
@@ -127,20 +137,20 @@ def evaluate_ground_truth(
     input_scale: float = 1.0,
 ) -> GroundTruthMetrics:
     """Evaluate `sae` (trained on inputs multiplied by `input_scale`) on fresh samples."""
-    sae.eval()
     true_dirs = source.feature_vectors.float().cpu()
     latent_dirs = sae.W_dec.detach().float().cpu()
     signed = cosines(latent_dirs, true_dirs)
     cos = signed.abs()
-    stats = _Streaming(cos.argmax(dim=1), sae.d_sae)
+    stats = _Streaming(cos.argmax(dim=1), latent_dirs.shape[0])
     generator = torch.Generator().manual_seed(seed)
     device = sae.W_dec.device
     done = 0
     while done < samples:
         n = min(batch_size, samples - done)
         x, features = source.sample_with_features(n, generator)
-        out = sae(x.to(device) * input_scale)
-        stats.add(x, out.recon.cpu().double() / input_scale, out.latents.cpu(), features)
+        latents = sae.encode(x.to(device) * input_scale)
+        recon = sae.decode(latents)
+        stats.add(x, recon.cpu().double() / input_scale, latents.cpu(), features)
         done += n
     precision, recall, f1 = stats.classification()
     return GroundTruthMetrics(

@@ -30,18 +30,16 @@ from torch import Tensor
 from tqdm import tqdm
 
 from sae.config import Config, SAEEntry, TrainConfig, to_dict
+from sae.device import pick_device
 from sae.errors import DataError, UserError
 from sae.io import load_state, save_state
 from sae.models import SparseAutoencoder, StepContext, TrainOutput
+from sae.seeding import derive_seed
 from sae.sources.base import ActivationSource, BatchStream
 from sae.sources.prefetch import Prefetcher
 from sae.training.run_log import RunLog
 
 CHECKPOINT = "checkpoint.safetensors"
-
-# Seeds of the auxiliary streams, offset from the run seed so they never share batches with it.
-NORM_STREAM_OFFSET = 1_000_003
-RESAMPLE_STREAM_OFFSET = 2_000_003
 
 Batch = Tensor | dict[str, Tensor]
 
@@ -56,14 +54,6 @@ class TrainSummary:
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
 
 
 def uses_bf16(precision: str, device: torch.device) -> bool:
@@ -99,7 +89,7 @@ class SAETraining:
             # One kernel over all parameters instead of a dozen passes each: 3-4x faster on CPU.
             fused=device.type in ("cpu", "cuda"),
         )
-        self.generator = torch.Generator().manual_seed(seed + 7)
+        self.generator = torch.Generator().manual_seed(derive_seed(seed, "trainer"))
         self.samples_since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
         self.input_scale = 1.0
         self.bf16 = uses_bf16(tc.precision, device)
@@ -242,7 +232,7 @@ class Trainer:
     ):
         """`sae` is the one SAE of a `sae:` config, or the SAEs of a `saes:` config by name."""
         self.cfg, self.source, self.out_dir = cfg, source, Path(out_dir)
-        self.device = pick_device(cfg.train.device)
+        self.device = pick_device(cfg.train.device, "train.device")
         self.tc = cfg.train
         self.batch_size = self.tc.batch_size
         self.total_steps = math.ceil(self.tc.samples / self.batch_size)
@@ -274,7 +264,7 @@ class Trainer:
     # ------------------------------------------------------------------ public
 
     def fit(self) -> TrainSummary:
-        stream = self._stream(self.cfg.seed)
+        stream = self._stream("train")
         if self.tc.prefetch_batches:
             pin = self.device.type == "cuda"
             stream = Prefetcher(stream, self.tc.prefetch_batches, _pin_memory if pin else None)
@@ -298,11 +288,11 @@ class Trainer:
         )
 
     def fresh_batches(
-        self, n_batches: int, seed_offset: int, name: str | None = None
+        self, n_batches: int, purpose: str, name: str | None = None
     ) -> list[Tensor]:
-        """Scaled batches from an independent stream (for fitting thresholds, estimates)."""
+        """Scaled batches from a stream of their own (for fitting thresholds, estimates)."""
         run = self._run(name)
-        stream = self._stream(self.cfg.seed + seed_offset)
+        stream = self._stream(purpose)
         try:
             return [self._prepare(run, next(stream)) for _ in range(n_batches)]
         finally:
@@ -314,7 +304,8 @@ class Trainer:
             return run
         return next(run for run in self.runs if run.name == name)
 
-    def _stream(self, seed: int) -> BatchStream:
+    def _stream(self, purpose: str) -> BatchStream:
+        seed = derive_seed(self.cfg.seed, purpose)
         if self.hooks:
             return self.source.stream_hooks(self.batch_size, seed, self.hooks)
         return self.source.stream(self.batch_size, seed)
@@ -324,7 +315,7 @@ class Trainer:
     @torch.no_grad()
     def _initialise(self) -> None:
         """Fix each SAE's input scale and b_dec from a few batches of an independent stream."""
-        stream = self._stream(self.cfg.seed + NORM_STREAM_OFFSET)
+        stream = self._stream("input-norm")
         try:
             batches = [next(stream) for _ in range(self.tc.norm_estimate_batches)]
         finally:
@@ -428,7 +419,7 @@ class Trainer:
             return
         n_batches = max(1, self.tc.resample_sample_rows // self.batch_size)
         for run in runs:
-            batches = self.fresh_batches(n_batches, RESAMPLE_STREAM_OFFSET + self.step, run.name)
+            batches = self.fresh_batches(n_batches, f"resample-{self.step}", run.name)
             run.resample_dead(torch.cat(batches))
 
 
