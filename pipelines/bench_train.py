@@ -75,8 +75,11 @@ def run_bench_train(
     device_name: str = "auto",
     precision: str = "auto",
     out_json: str | None = None,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     device = pick_device(device_name, "--device")
+    if threads is not None:
+        torch.set_num_threads(threads)
     bf16 = uses_bf16(precision, device)
     grid = [Point(arch, *shape) for shape in points for arch in archs]
     grid += [Point("relu", *shape, at_init=True) for shape in points if "relu" in archs]
@@ -88,7 +91,8 @@ def run_bench_train(
     print()
     print(format_table(rows, TABLE))
     print(
-        f"\nours: {'bf16 encoder matmul, fp32 weights' if bf16 else 'fp32'} on {device}; "
+        f"\nours: {'bf16 encoder matmul, fp32 weights' if bf16 else 'fp32'} on {device}"
+        f" ({torch.get_num_threads()} CPU threads, both sides); "
         "SAELens: fp32 (its default, no autocast); bound: one dense "
         f"[batch, d] x [d, m] matmul in {'bf16' if bf16 else 'fp32'}.\n"
         f"relu rows at trained sparsity (b_enc set for L0 ~ {K}, lr {RELU_HOLD_LR:g}, both sides); "

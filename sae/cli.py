@@ -91,11 +91,15 @@ def _bench_train(args: argparse.Namespace) -> None:
     archs = _names(args.archs, ("topk", "relu"), "--archs")
     if args.steps < 1 or args.warmup < 0:
         raise UserError("--steps must be at least 1 and --warmup at least 0")
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
     if args.json is not None:
         _check_out_file(args.json)
     from pipelines.bench_train import run_bench_train
 
-    run_bench_train(points, archs, args.warmup, args.steps, args.device, args.precision, args.json)
+    run_bench_train(
+        points, archs, args.warmup, args.steps, args.device, args.precision, args.json, args.threads
+    )
 
 
 def _bench_multi(args: argparse.Namespace) -> None:
@@ -143,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, default=5, help="timed steps, each side")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    train.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for both sides (default: torch's)"
+    )
     train.set_defaults(handler=_bench_train)
 
     multi = bench_sub.add_parser(

@@ -89,3 +89,13 @@ def test_sparse_kernels_are_chosen_when_few_latents_fire() -> None:
     assert topk.training_forward(x, StepContext()).latents.layout.sparse
     relu = build_sae(SAEConfig(arch="relu", d_sae=512), D_IN)  # about half fire at init
     assert not relu.training_forward(x, StepContext()).latents.layout.sparse
+
+
+def test_row_squared_error_and_its_gradients_match_autograd() -> None:
+    x = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    recon = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(base_module.row_sq_error, (x, recon))
+    assert torch.autograd.gradcheck(base_module.row_sq_error, (x, bias))
+    expected = (x - recon).pow(2).sum(-1).mean()
+    assert torch.allclose(base_module.row_sq_error(x, recon), expected)
