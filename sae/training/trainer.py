@@ -336,6 +336,11 @@ class Trainer:
 
     def _restore(self, stream: BatchStream) -> None:
         state = load_state(self.checkpoint_path)
+        if "saes" not in state:
+            raise UserError(
+                f"{self.checkpoint_path} was written by an older version of the trainer; "
+                "use a new --out directory"
+            )
         _check_same_run(state["config"], to_dict(self.cfg), self.resumable_keys, self.out_dir)
         for run in self.runs:
             run.load_state(state["saes"][run.name])
