@@ -2,7 +2,8 @@
 
 Writes DIR/metrics.json (every ground-truth metric, timing, the resolved config, the source's
 own statistics), DIR/sae/ (SAELens format), DIR/metrics.jsonl and DIR/checkpoint.safetensors.
-Running the same command again after an interruption resumes from the checkpoint.
+A `saes:` config trains its SAEs together and writes each one's metrics.json and sae/ to
+DIR/<name>/. Running the same command again after an interruption resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -45,8 +46,37 @@ def train_and_evaluate(
     sae = sae or build_sae(cfg.sae, source.d_in, cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, sae, source, out_dir)
-    summary = trainer.fit()
-    sae.fit_inference(trainer.fresh_batches(cfg.eval.threshold_batches, "inference-fit"))
+    trainer.fit()
+    return _evaluate_and_export(cfg, source, trainer, sae, out_dir)
+
+
+def train_and_evaluate_many(
+    cfg: Config, source: GroundTruthSource, out_dir: Path
+) -> list[dict[str, Any]]:
+    """The SAEs of a `saes:` config, trained together on shared batches; each one's results
+    go to out_dir/<name>/, the shared checkpoint and training log to out_dir."""
+    saes = {entry.name: build_sae(entry, source.d_in, cfg.seed) for entry in cfg.sae_entries()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg, saes, source, out_dir)
+    trainer.fit()
+    results = []
+    for name, sae in saes.items():
+        (out_dir / name).mkdir(exist_ok=True)
+        result = _evaluate_and_export(cfg, source, trainer, sae, out_dir / name, name)
+        results.append({"name": name, **result})
+    return results
+
+
+def _evaluate_and_export(
+    cfg: Config,
+    source: GroundTruthSource,
+    trainer: Trainer,
+    sae: SparseAutoencoder,
+    out_dir: Path,
+    name: str | None = None,
+) -> dict[str, Any]:
+    summary = trainer.summary(name)
+    sae.fit_inference(trainer.fresh_batches(cfg.eval.threshold_batches, "inference-fit", name))
     metrics = evaluate_ground_truth(
         sae,
         source,
@@ -58,7 +88,7 @@ def train_and_evaluate(
     save_saelens(sae, summary.input_scale, out_dir / "sae", metadata={"source": cfg.data.kind})
     result = {
         **metrics.to_dict(),
-        "arch": cfg.sae.arch,
+        "arch": sae.cfg.arch,
         "seconds": summary.seconds,
         "samples": summary.samples,
         "samples_per_second": summary.samples_per_second,
@@ -69,11 +99,15 @@ def train_and_evaluate(
     return result
 
 
-def run_toy(cfg: Config, out_dir: Path) -> dict[str, Any]:
+def run_toy(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     source = build_ground_truth(cfg)
-    result = train_and_evaluate(cfg, source, out_dir)
-    stats = {k: v for k, v in result["source"].items() if isinstance(v, int | float)}
+    if cfg.saes is None:
+        results = [train_and_evaluate(cfg, source, out_dir)]
+    else:
+        results = train_and_evaluate_many(cfg, source, out_dir)
+    stats = {k: v for k, v in results[0]["source"].items() if isinstance(v, int | float)}
     if stats:
         print("source: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
-    print(format_table([result], SUMMARY_COLUMNS))
-    return result
+    columns = SUMMARY_COLUMNS if cfg.saes is None else ("name", *SUMMARY_COLUMNS)
+    print(format_table(results, columns))
+    return results

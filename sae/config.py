@@ -241,6 +241,15 @@ class SAEConfig(Section):
         return "resample" if self.arch in ("relu", "gated") else "auxk"
 
 
+class SAEEntry(SAEConfig):
+    """One SAE of a run that trains several on the same batches (`saes:`), e.g. a sweep over
+    k, l1_coefficient, widths or learning rates, or SAEs on several hooks of one store."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")  # default: sae<position>
+    hook: str | None = None  # default: the source's (first) hook
+    lr: float | None = Field(None, gt=0)  # default: train.lr
+
+
 # ---------------------------------------------------------------------------- training
 
 
@@ -263,7 +272,13 @@ class TrainConfig(Section):
     resample_encoder_scale: float = Field(0.2, gt=0)
     checkpoint_every_steps: int = Field(200, ge=0)  # 0: only at the end
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    # "auto": bf16 encoder matmul where the hardware does bf16 faster (CUDA, AMX CPUs), else
+    # fp32; weights, gradients and the values of active latents stay fp32 either way.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # kernels after the encoder matmul: "sparse" works on the active (row, latent) pairs only,
+    # "dense" on full matrices; "auto" picks sparse whenever few latents are active.
+    kernels: Literal["auto", "sparse", "dense"] = "auto"
+    prefetch_batches: int = Field(2, ge=0)  # batches read ahead on a background thread; 0: off
 
 
 class EvalConfig(Section):
@@ -283,9 +298,33 @@ class Config(Section):
     seed: int = 0
     data: DataConfig
     sae: SAEConfig = SAEConfig()
+    # several SAEs trained together on every batch, instead of `sae`
+    saes: list[SAEEntry] | None = None
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _one_sae_section(self) -> Config:
+        if self.saes is None:
+            return self
+        if "sae" in self.model_fields_set:
+            raise ValueError("set either sae (one SAE) or saes (several), not both")
+        if not self.saes:
+            raise ValueError("saes must list at least one SAE")
+        for i, entry in enumerate(self.saes):
+            if entry.name is None:
+                entry.name = f"sae{i}"
+        names = [entry.name for entry in self.saes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"saes: names must be distinct (got {names})")
+        return self
+
+    def sae_entries(self) -> list[SAEEntry]:
+        """Every SAE of the run, named; a lone `sae` section is called "sae"."""
+        if self.saes is not None:
+            return list(self.saes)
+        return [SAEEntry(**self.sae.model_dump(), name="sae")]
 
 
 # ---------------------------------------------------------------------------- loading

@@ -2,9 +2,12 @@
 
 x -> pre = (x - b_dec) @ W_enc + b_enc -> latents = activation(pre) -> recon = latents @ W_dec + b_dec
 
-An architecture is a subclass that says how `pre` becomes latents (at inference and in
-training), what its sparsity penalty is, and how its weights map onto SAELens's format.
-Everything else (initialisation, decoder-norm handling, AuxK, the loss assembly) lives here once.
+An architecture is a subclass that says how `pre` becomes latents, in two parts: which
+(row, latent) pairs it lets through (`select`, at inference and in training) and the
+elementwise value at those pairs (`pair_acts`); plus its sparsity penalty and how its weights
+map onto SAELens's format. Everything else (initialisation, decoder-norm handling, AuxK, the
+loss assembly, and running the pairs through sparse or dense kernels, see sparse.py) lives
+here once.
 """
 
 from __future__ import annotations
@@ -16,6 +19,16 @@ import torch
 from torch import Tensor, nn
 
 from sae.config import SAEConfig
+from sae.models.sparse import (
+    ALL,
+    DENSE_ABOVE,
+    LatentIndex,
+    Latents,
+    Layout,
+    PreActsBuffer,
+    encode_at,
+    topk_pairs,
+)
 
 
 class ForwardOutput(NamedTuple):
@@ -29,7 +42,7 @@ class TrainOutput(NamedTuple):
     sparsity: Tensor  # the weighted sparsity penalty (0 for k-sparse architectures)
     aux: Tensor  # AuxK or the gated auxiliary reconstruction (0 where unused)
     recon: Tensor
-    latents: Tensor
+    latents: Latents  # values at the active (row, latent) pairs; `.dense()` for [B, d_sae]
 
 
 @dataclass
@@ -39,17 +52,43 @@ class StepContext:
     sparsity_scale: float = 1.0  # warm-up factor for the sparsity coefficient, in [0, 1]
     progress: float = 1.0  # fraction of training done before this step
     dead_mask: Tensor | None = None  # [d_sae] bool, latents that have not fired recently
+    # Kernels for the pairs after the encoder: None picks sparse when few latents are active.
+    sparse: bool | None = None
 
 
 def row_sq_error(x: Tensor, recon: Tensor) -> Tensor:
     """Mean over rows of the summed squared error."""
-    return (x - recon).pow(2).sum(-1).mean()
+    return _RowSqError.apply(x, recon)
+
+
+class _RowSqError(torch.autograd.Function):
+    """One pass for the value and one for the gradient, where autograd's (x - r)^2 -> sum ->
+    mean takes eight over [rows, d_in]: on CPU those passes cost as much as the sparse decoder."""
+
+    @staticmethod
+    def forward(ctx, x, recon):  # type: ignore[override]
+        diff = x - recon
+        ctx.shapes = x.shape, recon.shape
+        ctx.save_for_backward(diff)
+        flat = diff.reshape(-1)
+        return torch.dot(flat, flat) / (flat.numel() // diff.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (diff,) = ctx.saved_tensors
+        x_shape, recon_shape = ctx.shapes
+        grad_diff = diff * (2 * grad / (diff.numel() // diff.shape[-1]))
+        grad_x = grad_diff.sum_to_size(x_shape) if ctx.needs_input_grad[0] else None
+        grad_recon = -grad_diff.sum_to_size(recon_shape) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_recon
 
 
 class SparseAutoencoder(nn.Module):
     arch: ClassVar[str]
     saelens_arch: ClassVar[str]  # the `architecture` written to SAELens's cfg.json
     unit_norm_decoder: ClassVar[bool] = True
+    # Batch-level and threshold activations may start as a per-row TopK (sae.warm_start_frac).
+    warm_startable: ClassVar[bool] = False
 
     def __init__(self, d_in: int, cfg: SAEConfig, generator: torch.Generator | None = None):
         super().__init__()
@@ -61,15 +100,40 @@ class SparseAutoencoder(nn.Module):
         self.W_enc = nn.Parameter(W_dec.T.clone().contiguous())
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self._scratch = PreActsBuffer()
+
+    # ------------------------------------------------------------------ what an architecture says
+
+    def select(self, pre: Tensor, training: bool) -> Layout:
+        """The (row, latent) pairs that may be non-zero, or in training may carry a gradient."""
+        raise NotImplementedError
+
+    def pair_acts(self, pre: Tensor, latent: LatentIndex) -> Tensor:
+        """Latent values from pre-activations at selected pairs, elementwise; `latent` indexes
+        per-latent parameters (a [nnz] index, or ALL for a [rows, latents] matrix)."""
+        return pre.relu()
+
+    def sparsity_loss(self, pre: Tensor, acts: Tensor, layout: Layout, ctx: StepContext) -> Tensor:
+        return pre.new_zeros((), dtype=torch.float32)
+
+    def reconstruction_loss(self, x: Tensor, latents: Latents, mse: Tensor) -> Tensor:
+        """The reconstruction term; matryoshka adds its nested prefixes to the full `mse`."""
+        return mse
+
+    def extra_loss(
+        self, x: Tensor, pre: Tensor, layout: Layout, recon: Tensor, ctx: StepContext
+    ) -> Tensor:
+        """An architecture's own auxiliary term (gated); AuxK is added by the base class."""
+        return x.new_zeros(())
 
     # ------------------------------------------------------------------ inference
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc)
 
     def activation(self, pre: Tensor) -> Tensor:
-        """Inference-time latents from pre-activations."""
-        raise NotImplementedError
+        """Inference-time latents from pre-activations, as a dense matrix."""
+        return self.select(pre, training=False).to_dense().apply_mask(self.pair_acts(pre, ALL))
 
     def encode(self, x: Tensor) -> Tensor:
         return self.activation(self.pre_acts(x))
@@ -83,47 +147,57 @@ class SparseAutoencoder(nn.Module):
 
     # ------------------------------------------------------------------ training
 
-    def train_activation(self, pre: Tensor, ctx: StepContext) -> Tensor:
-        """Training-time latents; differs from inference for batch-level or STE activations."""
-        return self.activation(pre)
-
-    def sparsity_loss(self, pre: Tensor, latents: Tensor, ctx: StepContext) -> Tensor:
-        return pre.new_zeros(())
-
-    def reconstruction_loss(self, x: Tensor, latents: Tensor, mse: Tensor) -> Tensor:
-        """The reconstruction term; matryoshka adds its nested prefixes to the full `mse`."""
-        return mse
-
-    def extra_loss(self, x: Tensor, pre: Tensor, recon: Tensor, ctx: StepContext) -> Tensor:
-        """AuxK on dead latents when the config asks for it (overridden by gated)."""
-        if "auxk" not in self.cfg.remedy() or ctx.dead_mask is None:
-            return pre.new_zeros(())
-        return self.auxk_loss(x, pre, recon, ctx.dead_mask)
-
     def training_forward(self, x: Tensor, ctx: StepContext) -> TrainOutput:
-        pre = self.pre_acts(x)
-        latents = self.train_activation(pre, ctx)
-        recon = self.decode(latents)
+        """The loss of one batch. Only the encoder matmul is dense: the activation picks the
+        active pairs, and decoding and every gradient after it work on those pairs alone
+        (dense kernels instead when too many latents are active for that to pay)."""
+        warming = self.warm_startable and ctx.progress < self.cfg.warm_start_frac
+        with torch.no_grad():
+            pre_all = self._scratch.pre_acts(x, self.b_dec, self.W_enc, self.b_enc)
+            if self.warm_startable and self.cfg.warm_start_frac > 0 and not warming:
+                self.end_warm_start(pre_all)
+            if warming:
+                layout = topk_pairs(pre_all, self.cfg.warm_k())
+            else:
+                layout = self.select(pre_all, training=True)
+            aux_layout = self._auxk_layout(pre_all, ctx)
+        sparse = ctx.sparse if ctx.sparse is not None else layout.density() <= DENSE_ABOVE
+        layout = layout.to_sparse() if sparse else layout.to_dense()
+        pre = encode_at(x, self.b_dec, self.W_enc, self.b_enc, pre_all, layout)
+        acts = layout.apply_mask(pre.relu() if warming else self.pair_acts(pre, layout.latent))
+        latents = Latents(acts, layout)
+        recon = layout.decode(acts, self.W_dec) + self.b_dec
         mse = row_sq_error(x, recon)
-        sparsity = self.sparsity_loss(pre, latents, ctx)
-        aux = self.extra_loss(x, pre, recon, ctx)
+        sparsity = pre.new_zeros(()) if warming else self.sparsity_loss(pre, acts, layout, ctx)
+        aux = self.extra_loss(x, pre, layout, recon, ctx)
+        if aux_layout is not None:
+            aux = aux + self.auxk_loss(x, pre_all, aux_layout, recon)
         loss = self.reconstruction_loss(x, latents, mse) + sparsity + aux
         return TrainOutput(loss, mse.detach(), sparsity.detach(), aux.detach(), recon, latents)
 
-    def auxk_loss(self, x: Tensor, pre: Tensor, recon: Tensor, dead: Tensor) -> Tensor:
+    def end_warm_start(self, pre: Tensor) -> None:
+        """Called on every step after a TopK warm start; jumprelu sets its thresholds once."""
+
+    def _auxk_layout(self, pre: Tensor, ctx: StepContext) -> Layout | None:
+        """The top-k_aux dead latents of each row, when AuxK is on and something is dead."""
+        if "auxk" not in self.cfg.remedy() or ctx.dead_mask is None:
+            return None
+        dead = ctx.dead_mask.nonzero().flatten()
+        if dead.numel() == 0:
+            return None
+        k_aux = min(self.cfg.aux_k or self.d_in // 2, dead.numel())
+        chosen = topk_pairs(pre[:, dead], k_aux)
+        return Layout.from_pairs(chosen.rows, dead[chosen.cols], pre.shape[0], self.d_sae)
+
+    def auxk_loss(self, x: Tensor, pre_all: Tensor, layout: Layout, recon: Tensor) -> Tensor:
         """AuxK (Gao et al. 2024): the top-k_aux dead latents reconstruct the residual.
 
         Normalised by the residual's variance and scaled by aux_coefficient, as in OpenAI's
-        sparse_autoencoder; zero when nothing is dead.
+        sparse_autoencoder.
         """
-        n_dead = int(dead.sum())
-        if n_dead == 0:
-            return pre.new_zeros(())
-        k_aux = min(self.cfg.aux_k or self.d_in // 2, n_dead)
+        pre = encode_at(x, self.b_dec, self.W_enc, self.b_enc, pre_all, layout)
+        aux_recon = layout.decode(pre.relu(), self.W_dec)
         residual = (x - recon).detach()
-        dead_pre = pre.masked_fill(~dead, float("-inf"))
-        values, indices = dead_pre.topk(k_aux, dim=-1, sorted=False)
-        aux_recon = sparse_decode(values.relu(), indices, self.W_dec)
         variance = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp(min=1e-8)
         loss = row_sq_error(residual, aux_recon) / variance
         return self.cfg.aux_coefficient * torch.nan_to_num(loss, nan=0.0)
@@ -164,9 +238,3 @@ class SparseAutoencoder(nn.Module):
     def fit_inference(self, batches: list[Tensor]) -> None:
         """Settle what inference needs once training is over (a threshold, folded norms)."""
 
-
-def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
-    """sum_j values[:, j] * W_dec[indices[:, j]] without building the dense latent matrix."""
-    return torch.nn.functional.embedding_bag(
-        indices, W_dec, per_sample_weights=values, mode="sum"
-    )

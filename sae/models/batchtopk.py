@@ -11,42 +11,32 @@ import torch
 from torch import Tensor
 
 from sae.config import SAEConfig
-from sae.models.base import SparseAutoencoder, StepContext
-from sae.models.topk import topk_per_row
-
-
-def batch_topk(pre: Tensor, k: float) -> Tensor:
-    acts = pre.relu()
-    flat = acts.flatten()
-    n_keep = min(int(k * pre.shape[0]), flat.numel())
-    values, indices = flat.topk(n_keep, sorted=False)
-    return torch.zeros_like(flat).scatter_(0, indices, values).view_as(pre)
+from sae.models.base import SparseAutoencoder
+from sae.models.sparse import Layout, batch_topk_pairs
 
 
 class BatchTopKSAE(SparseAutoencoder):
     arch = "batchtopk"
     saelens_arch = "jumprelu"
+    warm_startable = True
 
     def __init__(self, d_in: int, cfg: SAEConfig, generator: torch.Generator | None = None):
         super().__init__(d_in, cfg, generator)
         # NaN until fitted: until then inference falls back to batch-level top-k.
         self.register_buffer("threshold", torch.tensor(float("nan")))
 
-    def train_activation(self, pre: Tensor, ctx: StepContext) -> Tensor:
-        if ctx.progress < self.cfg.warm_start_frac:
-            return topk_per_row(pre, self.cfg.warm_k())
-        return batch_topk(pre, self.cfg.k)
-
-    def activation(self, pre: Tensor) -> Tensor:
-        if torch.isnan(self.threshold):
-            return batch_topk(pre, self.cfg.k)
-        return pre.relu() * (pre > self.threshold)
+    def select(self, pre: Tensor, training: bool) -> Layout:
+        if training or torch.isnan(self.threshold):
+            return batch_topk_pairs(pre.relu(), int(self.cfg.k * pre.shape[0]))
+        return Layout.from_threshold(pre, self.threshold, masked=True)
 
     @torch.no_grad()
     def fit_inference(self, batches: list[Tensor]) -> None:
         minima = []
         for x in batches:
-            kept = batch_topk(self.pre_acts(x), self.cfg.k)
+            pre = self.pre_acts(x)
+            layout = self.select(pre, training=True)
+            kept = self.pair_acts(layout.gather(pre), layout.latent)
             positive = kept[kept > 0]
             if positive.numel():
                 minima.append(positive.min())

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from sae.config import SAEConfig
 from sae.models.base import SparseAutoencoder, StepContext, row_sq_error
+from sae.models.sparse import LatentIndex, Layout
 
 
 class GatedSAE(SparseAutoencoder):
@@ -23,17 +24,22 @@ class GatedSAE(SparseAutoencoder):
         self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae))
 
-    def activation(self, pre: Tensor) -> Tensor:
-        magnitude = (pre - self.b_enc) * self.r_mag.exp() + self.b_mag
+    def select(self, pre: Tensor, training: bool) -> Layout:
+        return Layout.from_threshold(pre, 0.0)
+
+    def pair_acts(self, pre: Tensor, latent: LatentIndex) -> Tensor:
+        magnitude = (pre - self.b_enc[latent]) * self.r_mag[latent].exp() + self.b_mag[latent]
         return (pre > 0).to(pre.dtype) * magnitude.relu()
 
-    def sparsity_loss(self, pre: Tensor, latents: Tensor, ctx: StepContext) -> Tensor:
-        gate = pre.relu() * self.W_dec.norm(dim=-1)
-        return ctx.sparsity_scale * self.cfg.l1_coefficient * gate.sum(-1).mean()
+    def sparsity_loss(self, pre: Tensor, acts: Tensor, layout: Layout, ctx: StepContext) -> Tensor:
+        gate = pre.relu() * self.W_dec.norm(dim=-1)[layout.latent]
+        return ctx.sparsity_scale * self.cfg.l1_coefficient * gate.sum() / layout.n_rows
 
-    def extra_loss(self, x: Tensor, pre: Tensor, recon: Tensor, ctx: StepContext) -> Tensor:
-        gate_recon = pre.relu() @ self.W_dec.detach() + self.b_dec.detach()
-        return row_sq_error(x, gate_recon) + super().extra_loss(x, pre, recon, ctx)
+    def extra_loss(
+        self, x: Tensor, pre: Tensor, layout: Layout, recon: Tensor, ctx: StepContext
+    ) -> Tensor:
+        gate_recon = layout.decode(pre.relu(), self.W_dec.detach()) + self.b_dec.detach()
+        return row_sq_error(x, gate_recon)
 
     def latent_axes(self) -> dict[str, int]:
         return {**super().latent_axes(), "r_mag": 0, "b_mag": 0}

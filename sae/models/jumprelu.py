@@ -6,13 +6,14 @@ derivative of H is replaced by a rectangle kernel of width `bandwidth` around th
 The penalty is the L0 norm itself, made trainable by the same estimator.
 """
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from sae.config import SAEConfig
 from sae.models.base import SparseAutoencoder, StepContext
-from sae.models.batchtopk import batch_topk
-from sae.models.topk import topk_per_row
+from sae.models.sparse import LatentIndex, Layout, batch_topk_pairs
 
 
 def _kernel(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
@@ -31,8 +32,8 @@ class _JumpReLU(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
         pre, threshold = ctx.saved_tensors
         grad_pre = grad * (pre > threshold)
-        grad_threshold = -(threshold * _kernel(pre, threshold, ctx.bandwidth) * grad).sum(0)
-        return grad_pre, grad_threshold, None
+        grad_threshold = -(threshold * _kernel(pre, threshold, ctx.bandwidth) * grad)
+        return grad_pre, grad_threshold.sum_to_size(threshold.shape), None
 
 
 class _Step(torch.autograd.Function):
@@ -45,13 +46,14 @@ class _Step(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
         pre, threshold = ctx.saved_tensors
-        grad_threshold = -(_kernel(pre, threshold, ctx.bandwidth) * grad).sum(0)
-        return None, grad_threshold, None
+        grad_threshold = -(_kernel(pre, threshold, ctx.bandwidth) * grad)
+        return None, grad_threshold.sum_to_size(threshold.shape), None
 
 
 class JumpReLUSAE(SparseAutoencoder):
     arch = "jumprelu"
     saelens_arch = "jumprelu"
+    warm_startable = True
 
     def __init__(self, d_in: int, cfg: SAEConfig, generator: torch.Generator | None = None):
         super().__init__(d_in, cfg, generator)
@@ -64,28 +66,29 @@ class JumpReLUSAE(SparseAutoencoder):
     def threshold(self) -> Tensor:
         return self.log_threshold.exp()
 
-    def activation(self, pre: Tensor) -> Tensor:
-        return pre.relu() * (pre > self.threshold)
-
-    def train_activation(self, pre: Tensor, ctx: StepContext) -> Tensor:
-        if ctx.progress < self.cfg.warm_start_frac:
-            return topk_per_row(pre, self.cfg.warm_k())
-        if self.cfg.warm_start_frac > 0 and not self.warm_start_done:
-            self._thresholds_from_batch_topk(pre)
-        return _JumpReLU.apply(pre, self.threshold, self.cfg.jumprelu_bandwidth)
-
     @torch.no_grad()
-    def _thresholds_from_batch_topk(self, pre: Tensor) -> None:
+    def end_warm_start(self, pre: Tensor) -> None:
         """Start every threshold at the cutoff that keeps k latents per row on average."""
-        kept = batch_topk(pre, self.cfg.k)
-        cutoff = kept[kept > 0].min() if (kept > 0).any() else pre.new_tensor(1.0)
-        self.log_threshold.fill_(float(cutoff.clamp(min=1e-6).log()))
+        if self.warm_start_done:
+            return
+        layout = batch_topk_pairs(pre.relu(), int(self.cfg.k * pre.shape[0]))
+        kept = layout.gather(pre)
+        cutoff = float(kept.min()) if kept.numel() else 1.0
+        self.log_threshold.fill_(math.log(max(cutoff, 1e-6)))
         self.warm_start_done.fill_(True)
 
-    def sparsity_loss(self, pre: Tensor, latents: Tensor, ctx: StepContext) -> Tensor:
-        if ctx.progress < self.cfg.warm_start_frac:
-            return pre.new_zeros(())
-        l0 = _Step.apply(pre, self.threshold, self.cfg.jumprelu_bandwidth).sum(-1).mean()
+    def select(self, pre: Tensor, training: bool) -> Layout:
+        # In training the straight-through estimator also needs the pairs just below the
+        # threshold, within half a bandwidth: they carry the threshold's gradient.
+        margin = self.cfg.jumprelu_bandwidth / 2 if training else 0.0
+        return Layout.from_threshold(pre, self.threshold - margin)
+
+    def pair_acts(self, pre: Tensor, latent: LatentIndex) -> Tensor:
+        return _JumpReLU.apply(pre, self.threshold[latent], self.cfg.jumprelu_bandwidth)
+
+    def sparsity_loss(self, pre: Tensor, acts: Tensor, layout: Layout, ctx: StepContext) -> Tensor:
+        threshold = self.threshold[layout.latent]
+        l0 = _Step.apply(pre, threshold, self.cfg.jumprelu_bandwidth).sum() / layout.n_rows
         return ctx.sparsity_scale * self.cfg.l0_coefficient * l0
 
     def latent_axes(self) -> dict[str, int]:

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from sae.models.base import row_sq_error
 from sae.models.batchtopk import BatchTopKSAE
+from sae.models.sparse import Latents
 
 
 class MatryoshkaSAE(BatchTopKSAE):
@@ -20,11 +21,12 @@ class MatryoshkaSAE(BatchTopKSAE):
         widths = list(self.cfg.matryoshka_widths or default_widths(self.d_sae))
         return widths if widths[-1] == self.d_sae else [*widths, self.d_sae]
 
-    def reconstruction_loss(self, x: Tensor, latents: Tensor, mse: Tensor) -> Tensor:
+    def reconstruction_loss(self, x: Tensor, latents: Latents, mse: Tensor) -> Tensor:
         # Partial reconstructions are built up prefix by prefix, each from the previous one.
         total, recon, start = mse, self.b_dec, 0
         for end in self.prefix_widths()[:-1]:
-            recon = recon + latents[:, start:end] @ self.W_dec[start:end]
+            values, layout = latents.layout.restrict(latents.values, start, end)
+            recon = recon + layout.decode(values, self.W_dec[start:end])
             total = total + row_sq_error(x, recon)
             start = end
         return total / len(self.prefix_widths())

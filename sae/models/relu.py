@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from sae.models.base import SparseAutoencoder, StepContext
+from sae.models.sparse import Layout
 
 
 class ReLUSAE(SparseAutoencoder):
@@ -17,12 +18,12 @@ class ReLUSAE(SparseAutoencoder):
     saelens_arch = "standard"
     unit_norm_decoder = False
 
-    def activation(self, pre: Tensor) -> Tensor:
-        return pre.relu()
+    def select(self, pre: Tensor, training: bool) -> Layout:
+        return Layout.from_threshold(pre, 0.0)
 
-    def sparsity_loss(self, pre: Tensor, latents: Tensor, ctx: StepContext) -> Tensor:
-        weighted = latents * self.W_dec.norm(dim=-1)
-        return ctx.sparsity_scale * self.cfg.l1_coefficient * weighted.sum(-1).mean()
+    def sparsity_loss(self, pre: Tensor, acts: Tensor, layout: Layout, ctx: StepContext) -> Tensor:
+        weighted = acts * self.W_dec.norm(dim=-1)[layout.latent]
+        return ctx.sparsity_scale * self.cfg.l1_coefficient * weighted.sum() / layout.n_rows
 
     @torch.no_grad()
     def fit_inference(self, batches: list[Tensor]) -> None:

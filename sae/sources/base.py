@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sae.errors import ConfigError
+
 
 class BatchStream(Iterator[Tensor], ABC):
     @abstractmethod
@@ -76,6 +78,17 @@ class ActivationSource(ABC):
         """Rows for a store. Single-hook sources wrap `stream`; language models override."""
         return _SingleHookHarvest(self.stream(batch_rows, seed), self.hook_names[0])
 
+    def stream_hooks(self, batch_size: int, seed: int, hooks: tuple[str, ...]) -> BatchStream:
+        """A stream of {hook: [batch, d]} for several hooks with rows aligned, so SAEs on
+        different hooks share every read. Single-hook sources serve their one hook; sources
+        with several (stores, language models) override this."""
+        unknown = sorted(set(hooks) - {self.hook_names[0]})
+        if unknown:
+            raise ConfigError(
+                f"this data source has hook '{self.hook_names[0]}' only, not {', '.join(unknown)}"
+            )
+        return _HookDictStream(self.stream(batch_size, seed), self.hook_names[0])
+
     def metadata(self) -> dict[str, Any]:
         """Describes the source for metrics.json and store manifests."""
         return {}
@@ -113,6 +126,23 @@ class SampledStream(BatchStream):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["rng"])
         self.batches = int(state["batches"])
+
+
+class _HookDictStream(BatchStream):
+    def __init__(self, stream: BatchStream, hook: str):
+        self.inner, self.hook = stream, hook
+
+    def __next__(self) -> dict[str, Tensor]:  # type: ignore[override]
+        return {self.hook: next(self.inner)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class _SingleHookHarvest(HarvestStream):

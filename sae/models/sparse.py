@@ -1,0 +1,361 @@
+"""Latents as (row, latent) pairs, and the two operations that make training cost scale with them.
+
+Only the encoder's forward matmul has to see every latent: an activation then lets a few
+(row, latent) pairs through, and everything after it (the decoder, its gradients and the
+encoder's weight gradient) can work on those pairs alone. `Layout` says where a batch's
+values sit, either as index pairs (sparse) or as a full [rows, latents] matrix (dense, for
+when most latents fire, e.g. a ReLU SAE early in training). Architecture code is written once
+against it: it sees pre-activations at the selected pairs and `layout.latent`, which indexes
+per-latent parameters in either layout (a [nnz] index, or `slice(None)` that broadcasts).
+
+`encode_at` and `Layout.decode` are the two differentiable operations. Their gradients are
+the same as those of the dense expressions `(x - b_dec) @ W_enc + b_enc` and
+`latents @ W_dec`, restricted to the pairs: sums over the pairs of a row or of a latent are
+embedding bags (a gather and a weighted sum per bag, in a fixed order), dot products per pair
+a compiled loop (kernels.py), so nothing of size [rows, latents] is made after the encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sae.models import kernels
+
+LatentIndex = Tensor | slice
+ALL = slice(None)
+
+# Above this fraction of active pairs the dense kernels (plain matmuls) are faster: measured
+# on ReLU training steps on CPU, the crossover sits at 10% (d=512, m=8192) to 17% (d=128,
+# m=1024) of latents active.
+DENSE_ABOVE = 0.1
+
+
+@dataclass
+class Layout:
+    """Where one batch's latent values sit: index pairs (sparse), or a dense matrix.
+
+    A dense layout has a mask when the activation would otherwise let unselected entries
+    through (top-k), and none when it zeroes them itself: an activation that selects by
+    "pre > threshold" hands that over (`above`), so counting the pairs is one cheap pass and
+    listing them (`to_sparse`) waits until the density has decided the layout of the step.
+    """
+
+    n_rows: int
+    n_latents: int
+    rows: Tensor | None = None  # [nnz] int64, non-decreasing (row-major order)
+    cols: Tensor | None = None  # [nnz] int64, ascending within a row
+    mask: Tensor | None = None  # [n_rows, n_latents] bool: a dense layout's selected entries
+    above: tuple[Tensor, Tensor] | None = None  # (pre, threshold [n_latents]): pre > threshold
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_pairs(cls, rows: Tensor, cols: Tensor, n_rows: int, n_latents: int) -> Layout:
+        return cls(n_rows, n_latents, rows=rows, cols=cols)
+
+    @classmethod
+    def from_mask(cls, mask: Tensor) -> Layout:
+        return cls(mask.shape[0], mask.shape[1], mask=mask)
+
+    @classmethod
+    def from_threshold(cls, pre: Tensor, threshold: Tensor | float, masked: bool = False) -> Layout:
+        """The pairs where pre > threshold (a number, or one per latent). `masked`: the
+        activation does not zero the other entries itself, so a dense layout needs the mask."""
+        threshold = torch.as_tensor(threshold, dtype=pre.dtype, device=pre.device)
+        threshold = threshold.expand(pre.shape[1])
+        mask = pre > threshold if masked else None
+        return cls(pre.shape[0], pre.shape[1], mask=mask, above=(pre, threshold))
+
+    @property
+    def sparse(self) -> bool:
+        return self.rows is not None
+
+    @property
+    def latent(self) -> LatentIndex:
+        return self.cols if self.cols is not None else ALL
+
+    def count(self) -> int:
+        if self.rows is not None:
+            return self.rows.numel()
+        if self.above is None:
+            return int(self.mask.sum())
+        return int(self._row_counts().sum())
+
+    def density(self) -> float:
+        return self.count() / max(1, self.n_rows * self.n_latents)
+
+    def to_sparse(self) -> Layout:
+        if self.sparse:
+            return self
+        if self.above is None:
+            rows, cols = self.mask.nonzero().unbind(1)  # row-major, as the kernels expect
+        else:
+            rows, cols = kernels.pairs_above(*self.above, self._row_counts())
+        return Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
+
+    def to_dense(self) -> Layout:
+        if not self.sparse:
+            return self
+        mask = torch.zeros(self.n_rows * self.n_latents, dtype=torch.bool, device=self.rows.device)
+        mask[self.flat_index()] = True
+        return Layout.from_mask(mask.view(self.n_rows, self.n_latents))
+
+    def _row_counts(self) -> Tensor:
+        if "row_counts" not in self._cache:
+            self._cache["row_counts"] = kernels.count_above(*self.above)
+        return self._cache["row_counts"]
+
+    def flat_index(self) -> Tensor:
+        """Position of each pair in the flattened [rows, latents] matrix."""
+        if "flat" not in self._cache:
+            self._cache["flat"] = self.rows * self.n_latents + self.cols
+        return self._cache["flat"]
+
+    def apply_mask(self, acts: Tensor) -> Tensor:
+        """Zero what the selection left out, where the activation has not done so itself."""
+        return acts * self.mask if self.mask is not None else acts
+
+    def gather(self, dense: Tensor) -> Tensor:
+        """Values of a [rows, latents] matrix at this layout's positions (no masking if dense)."""
+        if not self.sparse:
+            return dense
+        return dense.reshape(-1).take(self.flat_index())
+
+    def row_offsets(self) -> Tensor:
+        """Start of each row's pairs: the `offsets` of an embedding bag per row."""
+        if "row_offsets" not in self._cache:
+            counts = torch.bincount(self.rows, minlength=self.n_rows)
+            self._cache["row_offsets"] = counts.cumsum(0) - counts
+        return self._cache["row_offsets"]
+
+    def by_col(self) -> tuple[Tensor, Tensor]:
+        """(order, offsets): pairs ordered by latent (stably, so deterministic) and the start
+        of each latent's run, for the gradients that sum over rows per latent."""
+        if "by_col" not in self._cache:
+            self._cache["by_col"] = kernels.order_by_latent(self.cols, self.n_latents)
+        return self._cache["by_col"]
+
+    def restrict(self, values: Tensor, start: int, end: int) -> tuple[Tensor, Layout]:
+        """The values and layout of latents [start, end) only (matryoshka prefixes)."""
+        if not self.sparse:
+            mask = self.mask[:, start:end] if self.mask is not None else None
+            above = None
+            if self.above is not None:
+                above = (self.above[0][:, start:end], self.above[1][start:end])
+            return values[:, start:end], Layout(self.n_rows, end - start, mask=mask, above=above)
+        keep = (self.cols >= start) & (self.cols < end)
+        sub = Layout.from_pairs(self.rows[keep], self.cols[keep] - start, self.n_rows, end - start)
+        return values[keep], sub
+
+    def decode(self, values: Tensor, W_dec: Tensor) -> Tensor:
+        """latents @ W_dec, for latents given by `values` in this layout."""
+        if not self.sparse:
+            return values @ W_dec
+        return _PairDecode.apply(values, W_dec, self)
+
+    def dense(self, values: Tensor) -> Tensor:
+        """The [rows, latents] matrix of the values (zero elsewhere)."""
+        if not self.sparse:
+            return values
+        out = values.new_zeros(self.n_rows * self.n_latents)
+        out[self.flat_index()] = values
+        return out.view(self.n_rows, self.n_latents)
+
+
+class Latents(NamedTuple):
+    """Latent activations of a batch: `values` placed by `layout`."""
+
+    values: Tensor
+    layout: Layout
+
+    def dense(self) -> Tensor:
+        return self.layout.dense(self.values)
+
+    def fired(self) -> Tensor:
+        """[n_latents] bool: latents with a non-zero value in some row."""
+        with torch.no_grad():
+            if not self.layout.sparse:
+                return (self.values != 0).any(0)
+            fired = torch.zeros(self.layout.n_latents, dtype=torch.bool, device=self.values.device)
+            return fired.index_fill_(0, self.layout.cols[self.values != 0], True)
+
+    def l0(self) -> float:
+        """Mean number of non-zero latents per row."""
+        with torch.no_grad():
+            return float((self.values != 0).sum()) / max(1, self.layout.n_rows)
+
+
+# ---------------------------------------------------------------------------- selection
+
+
+def topk_pairs(pre: Tensor, k: int) -> Layout:
+    """The k largest entries of each row, as row-major pairs (latents ascending in a row)."""
+    cols = kernels.topk_cols(pre, k).flatten()
+    rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k)
+    return Layout.from_pairs(rows, cols, *pre.shape)
+
+
+def batch_topk_pairs(acts: Tensor, n_keep: int) -> Layout:
+    """The n_keep largest entries of the whole matrix, as row-major pairs."""
+    n_keep = min(n_keep, acts.numel())
+    _, flat = acts.flatten().topk(n_keep, sorted=False)
+    flat = flat.sort().values
+    n_latents = acts.shape[1]
+    return Layout.from_pairs(flat // n_latents, flat % n_latents, *acts.shape)
+
+
+# ---------------------------------------------------------------------------- the two operations
+
+
+class PreActsBuffer:
+    """The dense pre-activations of a training step, written into one reused matrix.
+
+    A fresh [rows, latents] matrix every step is the largest allocation of the step, and on
+    CPU it comes from the OS each time (page faults on first touch); reusing one is free. The
+    bias rides in the matmul as one more input dimension ([x - b_dec, 1] @ [W_enc; b_enc]):
+    adding it separately would be one more pass over the whole matrix. Autocast's dtype is
+    honoured by hand (autocast has no `out=` form): bf16 here only picks the pairs, while
+    `encode_at` recomputes their values exactly. A step that keeps using the previous matrix
+    after the next was written fails autograd's version check instead of computing wrong
+    gradients.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, Tensor] = {}
+
+    def _buffer(self, name: str, shape: tuple[int, int], like: Tensor) -> tuple[Tensor, bool]:
+        buffer = self.buffers.get(name)
+        same = buffer is not None and buffer.shape == shape and buffer.dtype == like.dtype
+        if not same or buffer.device != like.device:
+            buffer = self.buffers[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+            return buffer, True
+        return buffer, False
+
+    @torch.no_grad()
+    def pre_acts(self, x: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
+        device = x.device.type
+        low = torch.is_autocast_enabled(device)
+        dtype = torch.get_autocast_dtype(device) if low else W_enc.dtype
+        like = W_enc.new_empty(0, dtype=dtype)
+        (n_rows, d_in), n_latents = x.shape, W_enc.shape[1]
+        weights, _ = self._buffer("weights", (d_in + 1, n_latents), like)
+        inputs, fresh = self._buffer("inputs", (n_rows, d_in + 1), like)
+        out, _ = self._buffer("pre", (n_rows, n_latents), like)
+        if fresh:
+            inputs[:, d_in] = 1
+        weights[:d_in].copy_(W_enc)
+        weights[d_in].copy_(b_enc)
+        centred = inputs[:, :d_in]
+        if x.dtype == dtype:
+            torch.sub(x, b_dec, out=centred)
+        else:
+            centred.copy_(x - b_dec)
+        with torch.autocast(device, enabled=False):
+            return torch.mm(inputs, weights, out=out)
+
+
+def encode_at(
+    x: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, layout: Layout
+) -> Tensor:
+    """Differentiable pre-activations (x - b_dec) @ W_enc + b_enc at the layout's positions.
+
+    `pre` is that matrix already computed without gradient (perhaps in bf16, to choose the
+    pairs); the values returned are float32 and exact, and the backward pass touches only the
+    selected pairs (sparse layout) or skips the [rows, d_in] input gradient (dense layout).
+    """
+    return _EncodeAt.apply(x, b_dec, W_enc, b_enc, pre, layout)
+
+
+class _EncodeAt(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, b_dec, W_enc, b_enc, pre, layout):  # type: ignore[override]
+        xc = x - b_dec
+        ctx.layout = layout
+        ctx.save_for_backward(xc, W_enc)
+        if not layout.sparse:
+            # The dense layout hands out the no-grad matrix itself: recomputing it would cost
+            # a second matmul. A bf16 `pre` stays bf16 here, as autocast would have it.
+            return pre.detach()
+        if pre.dtype == xc.dtype:
+            return layout.gather(pre)
+        # Pairs were chosen on low-precision pre-activations; their values are recomputed
+        # exactly, so bf16 only decides which latents fire, never what they output.
+        return _pair_dots(xc, W_enc.t(), layout) + b_enc[layout.cols]
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        xc, W_enc = ctx.saved_tensors
+        layout: Layout = ctx.layout
+        need_x, need_b_dec, need_W, need_b_enc = ctx.needs_input_grad[:4]
+        grad = grad.to(xc.dtype)
+        grad_x = grad_W = None
+        if layout.sparse:
+            latent_sums = torch.zeros(layout.n_latents, dtype=grad.dtype, device=grad.device)
+            latent_sums.index_add_(0, layout.cols, grad)
+            if need_W:
+                grad_W = _sum_rows_per_latent(xc, grad, layout).t()
+            if need_x:
+                grad_x = F.embedding_bag(
+                    layout.cols,
+                    W_enc.t(),
+                    layout.row_offsets(),
+                    per_sample_weights=grad,
+                    mode="sum",
+                )
+        else:
+            latent_sums = grad.sum(0)
+            if need_W:
+                grad_W = xc.t() @ grad
+            if need_x:
+                grad_x = grad @ W_enc.t()
+        # b_dec's gradient through the encoder is the row sum of the input gradient, which
+        # is W_enc times the per-latent sums: no [rows, d_in] product is needed for it.
+        grad_b_dec = -(W_enc @ latent_sums) if need_b_dec else None
+        return grad_x, grad_b_dec, grad_W, latent_sums if need_b_enc else None, None, None
+
+
+class _PairDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, W_dec, layout):  # type: ignore[override]
+        ctx.layout = layout
+        ctx.save_for_backward(values, W_dec)
+        return F.embedding_bag(
+            layout.cols, W_dec, layout.row_offsets(), per_sample_weights=values, mode="sum"
+        )
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        values, W_dec = ctx.saved_tensors
+        layout: Layout = ctx.layout
+        grad = grad.to(W_dec.dtype)
+        grad_values = _pair_dots(grad, W_dec, layout) if ctx.needs_input_grad[0] else None
+        grad_W = _sum_rows_per_latent(grad, values, layout) if ctx.needs_input_grad[1] else None
+        return grad_values, grad_W, None
+
+
+def _pair_dots(rows_of: Tensor, latents_of: Tensor, layout: Layout) -> Tensor:
+    """For every pair (r, j): rows_of[r] . latents_of[j], without gathering [nnz, d] rows."""
+    return kernels.pair_dots(
+        rows_of.contiguous(),
+        latents_of.contiguous(),
+        layout.rows,
+        layout.cols,
+        layout.row_offsets(),
+    )
+
+
+def _sum_rows_per_latent(rows_of: Tensor, weights: Tensor, layout: Layout) -> Tensor:
+    """[n_latents, d]: for each latent j, the sum over its pairs (r, j) of weight * rows_of[r].
+    One embedding bag per latent over its pairs, in a fixed order: deterministic."""
+    order, offsets = layout.by_col()
+    return F.embedding_bag(
+        layout.rows.index_select(0, order),
+        rows_of,
+        offsets,
+        per_sample_weights=weights.index_select(0, order),
+        mode="sum",
+    )

@@ -1,0 +1,51 @@
+"""The compiled pair-choosing loops agree with plain torch, ties included."""
+
+import pytest
+import torch
+
+from sae.models import kernels
+
+
+def reference_topk(pre: torch.Tensor, k: int) -> torch.Tensor:
+    # descending and stable: among equal values the lower latent comes first
+    order = torch.sort(pre, dim=-1, descending=True, stable=True).indices
+    return order[:, :k].sort(dim=-1).values
+
+
+@pytest.mark.parametrize("n_latents", [512, 1000])  # a partial last group too
+@pytest.mark.parametrize("ties", [False, True])
+def test_topk_cols_matches_a_stable_sort(n_latents: int, ties: bool) -> None:
+    generator = torch.Generator().manual_seed(n_latents)
+    pre = torch.randn(64, n_latents, generator=generator)
+    if ties:
+        pre = pre.mul(2).round()  # a handful of distinct values: ties everywhere
+    assert torch.equal(kernels.topk_cols(pre, 5), reference_topk(pre, 5))
+
+
+def test_pairs_above_match_nonzero_with_a_per_latent_threshold() -> None:
+    generator = torch.Generator().manual_seed(0)
+    pre = torch.randn(50, 300, generator=generator)
+    threshold = torch.rand(300, generator=generator) + 1
+    counts = kernels.count_above(pre, threshold)
+    rows, cols = kernels.pairs_above(pre, threshold, counts)
+    expected = (pre > threshold).nonzero()
+    assert torch.equal(counts, (pre > threshold).sum(-1))
+    assert torch.equal(torch.stack([rows, cols], 1), expected)
+
+
+def test_order_by_latent_is_a_stable_sort() -> None:
+    cols = torch.randint(0, 40, (1000,), generator=torch.Generator().manual_seed(1))
+    order, offsets = kernels.order_by_latent(cols, 40)
+    assert torch.equal(order, torch.argsort(cols, stable=True))
+    counts = torch.bincount(cols, minlength=40)
+    assert torch.equal(offsets, counts.cumsum(0) - counts)
+
+
+def test_pair_dots_match_the_dense_product() -> None:
+    generator = torch.Generator().manual_seed(2)
+    a, b = torch.randn(30, 7, generator=generator), torch.randn(50, 7, generator=generator)
+    mask = torch.rand(30, 50, generator=generator) < 0.2
+    rows, cols = mask.nonzero().unbind(1)
+    counts = torch.bincount(rows, minlength=30)
+    dots = kernels.pair_dots(a, b, rows, cols, counts.cumsum(0) - counts)
+    assert torch.allclose(dots, (a @ b.T)[rows, cols], atol=1e-5)
