@@ -199,14 +199,15 @@ class SAEConfig(Section):
     # The per-row phase gives every row spare slots to explore, so latents specialise instead
     # of starving in a global competition (without it, half the latents can die on synthetic
     # data). jumprelu then starts every threshold at the batch-level cutoff for k.
-    warm_start_frac: float = Field(0.0, ge=0, le=1)
+    warm_start_frac: float = Field(0.5, ge=0, le=1)
     warm_start_k: int | None = Field(None, ge=1)
     # relu, gated: L1 coefficient (relu weights it by decoder row norm, Anthropic Apr 2024)
     l1_coefficient: float = Field(5.0, ge=0)
     # jumprelu: L0 coefficient, STE bandwidth, initial threshold
-    l0_coefficient: float = Field(1.0, ge=0)
-    jumprelu_bandwidth: float = Field(0.05, gt=0)
-    jumprelu_init_threshold: float = Field(0.1, gt=0)
+    # (inputs are scaled to mean norm sqrt(d_in), so these are in those units)
+    l0_coefficient: float = Field(0.5, ge=0)
+    jumprelu_bandwidth: float = Field(0.5, gt=0)
+    jumprelu_init_threshold: float = Field(0.5, gt=0)  # without a warm start
     # fraction of training over which the sparsity coefficient ramps from 0 (relu, gated, jumprelu)
     sparsity_warmup_frac: float = Field(0.05, ge=0, le=1)
     # matryoshka: nested prefix widths; the full width d_sae is always the last level

@@ -42,7 +42,7 @@ def test_tiny_topk_recovers_the_true_features(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("arch", ["relu", "batchtopk", "jumprelu", "gated", "matryoshka"])
 def test_every_architecture_learns_a_useful_dictionary(arch: str, tmp_path: Path) -> None:
-    tree = tiny_tree(arch, l1_coefficient=0.5, l0_coefficient=0.05)
+    tree = tiny_tree(arch)  # every architecture with its default hyper-parameters
     result = train_and_evaluate(validate_tree(tree), build_ground_truth(validate_tree(tree)), tmp_path)
     assert result["mcc"] > 0.6, result
     assert result["explained_variance"] > 0.5, result
