@@ -107,7 +107,8 @@ class _PoisonedStream(BatchStream):
 def test_nan_activations_stop_training_with_a_clear_error(tmp_path: Path) -> None:
     cfg = validate_tree(tiny_tree())
     source = build_ground_truth(cfg)
-    source.stream = lambda batch_size, seed: _PoisonedStream(at=30)  # type: ignore[method-assign]
+    # the NaN arrives after the step-50 and step-100 checkpoints were committed
+    source.stream = lambda batch_size, seed: _PoisonedStream(at=120)  # type: ignore[method-assign]
     with pytest.raises(DataError, match="NaN"):
         Trainer(cfg, build_sae(cfg.sae, 32), source, tmp_path).fit()
     assert (tmp_path / "checkpoint.safetensors").exists(), "checkpoints before the NaN survive"
