@@ -13,16 +13,22 @@ from typing import Any
 from sae.config import Config, to_dict
 from sae.errors import ConfigError
 from sae.evaluation.ground_truth import evaluate_ground_truth
+from sae.evaluation.reconstruction import evaluate_reconstruction
 from sae.io import atomic_write_json
 from sae.models import SparseAutoencoder, build_sae
 from sae.publish.saelens import save_saelens
 from sae.sources import build_source
-from sae.sources.base import GroundTruthSource
+from sae.sources.base import ActivationSource, GroundTruthSource
 from sae.tables import format_table
 from sae.training.trainer import Trainer
 
 THRESHOLD_STREAM_OFFSET = 3_000_017
 EVAL_SEED_OFFSET = 4_000_037
+# source metadata key -> SAELens cfg.json metadata key
+SAELENS_METADATA = {
+    "hook": "hook_name", "model": "model_name", "dataset": "dataset_path",
+    "context_size": "context_size",
+}  # fmt: skip
 SUMMARY_COLUMNS = (
     "arch", "mcc", "f1", "precision", "recall", "frac_recovered_90", "l0", "true_l0",
     "explained_variance", "dead_latents", "seconds",
@@ -41,33 +47,67 @@ def build_ground_truth(cfg: Config) -> GroundTruthSource:
 
 
 def train_and_evaluate(
-    cfg: Config, source: GroundTruthSource, out_dir: Path, sae: SparseAutoencoder | None = None
+    cfg: Config,
+    source: ActivationSource,
+    out_dir: Path,
+    sae: SparseAutoencoder | None = None,
+    ground_truth: GroundTruthSource | None = None,
 ) -> dict[str, Any]:
+    """Train on `source`; evaluate against `ground_truth` (by default the source itself when it
+    has known features), else by reconstruction on further batches of the source."""
+    if ground_truth is None and isinstance(source, GroundTruthSource):
+        ground_truth = source
     sae = sae or build_sae(cfg.sae, source.d_in, cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, sae, source, out_dir)
     summary = trainer.fit()
     sae.fit_inference(trainer.fresh_batches(cfg.eval.threshold_batches, THRESHOLD_STREAM_OFFSET))
-    metrics = evaluate_ground_truth(
-        sae,
-        source,
-        samples=cfg.eval.samples,
-        batch_size=cfg.eval.batch_size,
-        seed=cfg.seed + EVAL_SEED_OFFSET,
-        input_scale=summary.input_scale,
-    )
-    save_saelens(sae, summary.input_scale, out_dir / "sae", metadata={"source": cfg.data.kind})
+    if ground_truth is not None:
+        metrics = evaluate_ground_truth(
+            sae,
+            ground_truth,
+            samples=cfg.eval.samples,
+            batch_size=cfg.eval.batch_size,
+            seed=cfg.seed + EVAL_SEED_OFFSET,
+            input_scale=summary.input_scale,
+        ).to_dict()
+    else:
+        metrics = _evaluate_on_source(cfg, sae, source, summary.input_scale)
+    description = source.metadata()
+    save_saelens(sae, summary.input_scale, out_dir / "sae", metadata=_saelens_metadata(cfg, description))
     result = {
-        **metrics.to_dict(),
+        **metrics,
         "arch": cfg.sae.arch,
         "seconds": summary.seconds,
         "samples": summary.samples,
         "samples_per_second": summary.samples_per_second,
-        "source": source.metadata(),
+        "source": description,
         "config": to_dict(cfg),
     }
     atomic_write_json(out_dir / "metrics.json", result)
     return result
+
+
+def _evaluate_on_source(
+    cfg: Config, sae: SparseAutoencoder, source: ActivationSource, input_scale: float
+) -> dict[str, Any]:
+    """No ground truth: reconstruction metrics on eval.samples rows drawn with another seed."""
+    stream = source.stream(cfg.eval.batch_size, cfg.seed + EVAL_SEED_OFFSET)
+    try:
+        batches = (next(stream) for _ in range(-(-cfg.eval.samples // cfg.eval.batch_size)))
+        return evaluate_reconstruction(sae, batches, input_scale)
+    finally:
+        stream.close()
+
+
+def _saelens_metadata(cfg: Config, description: dict[str, Any]) -> dict[str, Any]:
+    """SAELens's metadata keys, from what the source says about itself."""
+    found = {
+        theirs: description[ours]
+        for ours, theirs in SAELENS_METADATA.items()
+        if description.get(ours) is not None
+    }
+    return {"source": cfg.data.kind, **found}
 
 
 def run_toy(cfg: Config, out_dir: Path) -> dict[str, Any]:
