@@ -194,7 +194,7 @@ def test_shards_hold_every_column_in_the_store_dtype(tmp_path) -> None:
 
 TOY_HARVEST = {
     "seed": 0,
-    "data": {"toy": {"n_features": 40, "d_hidden": 10, "train_steps": 200, "train_batch_size": 256}},
+    "data": {"toy": {"n_features": 40, "d_hidden": 10, "train_steps": 20, "train_batch_size": 256}},
     "harvest": {"rows": 60_000, "shard_rows": 3000, "batch_rows": 1000},
     "logging": {"progress": False},
 }
@@ -216,6 +216,22 @@ def _committed_rows(store: Path) -> int:
         return 0
 
 
+def _kill_during_a_commit(proc: subprocess.Popen, store: Path, rng: random.Random) -> None:
+    """SIGKILL `proc` at a random moment between two commits a few shards on: the delay is
+    drawn from the time the last commit took, so kills land mid-harvest on any machine."""
+    rows, since = _committed_rows(store), time.monotonic()
+    target = rows + rng.randint(2, 4) * TOY_HARVEST["harvest"]["shard_rows"]
+    interval = 0.0
+    while proc.poll() is None and rows < target:
+        time.sleep(0.001)
+        now_rows = _committed_rows(store)
+        if now_rows != rows:
+            rows, interval, since = now_rows, time.monotonic() - since, time.monotonic()
+    time.sleep(rng.uniform(0.0, interval))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def _sigkill_then_finish(tmp_path: Path, kills: int, seed: int) -> None:
     config = write_config(tmp_path / "harvest.yaml", TOY_HARVEST)
     straight = _harvest_cli(config, tmp_path / "straight")
@@ -224,13 +240,7 @@ def _sigkill_then_finish(tmp_path: Path, kills: int, seed: int) -> None:
     killed = tmp_path / "killed"
     rng = random.Random(seed)
     for _ in range(kills):
-        before = _committed_rows(killed)
-        proc = _harvest_cli(config, killed)
-        while _committed_rows(killed) == before and proc.poll() is None:  # under way again
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        _kill_during_a_commit(_harvest_cli(config, killed), killed, rng)
     assert _committed_rows(killed) < TOY_HARVEST["harvest"]["rows"], "every kill came too late"
     finish = _harvest_cli(config, killed)
     assert finish.wait(timeout=300) == 0, finish.stderr.read()
@@ -245,3 +255,12 @@ def test_sigkill_at_random_moments_then_rerun_gives_the_same_store(tmp_path) -> 
 @pytest.mark.parametrize("seed", range(5))
 def test_many_sigkills_at_random_moments_give_the_same_store(tmp_path, seed) -> None:
     _sigkill_then_finish(tmp_path, kills=6, seed=seed)
+
+
+def test_harvest_of_a_finished_store_does_nothing(tmp_path, capsys) -> None:
+    config = write_config(tmp_path / "h.yaml", {**TOY_HARVEST, "harvest": {"rows": 3000, "shard_rows": 1000, "batch_rows": 1000}})
+    assert main(["harvest", str(config), "--out", str(tmp_path / "s")]) == 0
+    before = store_files(tmp_path / "s")
+    assert main(["harvest", str(config), "--out", str(tmp_path / "s")]) == 0
+    assert "already complete (3000 rows); nothing to do" in capsys.readouterr().out
+    assert store_files(tmp_path / "s") == before

@@ -141,8 +141,8 @@ class StoreWriter:
         for name, value in columns.items():
             if name.startswith(ACTS):
                 stored = value.detach().to("cpu", dtype).contiguous()
-                bad = ~torch.isfinite(stored).all(dim=-1)
-                if bool(bad.any()):
+                if not bool(torch.isfinite(stored).all()):
+                    bad = ~torch.isfinite(stored).all(dim=-1)
                     row = first_row + int(bad.nonzero()[0, 0])
                     overflow = bool(torch.isfinite(value[bad]).all())
                     why = f"overflow to inf in {self.dtype}" if overflow else "NaN or inf values"
@@ -285,6 +285,8 @@ def _check_schema(manifest: Manifest, columns: dict[str, Tensor]) -> None:
         width = manifest.column_width(name)
         if width is not None and (value.ndim != 2 or value.shape[1] != width):
             raise DataError(f"column '{name}' has shape {tuple(value.shape)}, expected [rows, {width}]")
+        if width is None and value.ndim != 1:
+            raise DataError(f"column '{name}' has shape {tuple(value.shape)}, expected [rows]")
         if width is None and dtype_name(value.dtype) != manifest.columns[name]:
             raise DataError(f"column '{name}' changed dtype to {value.dtype} mid-harvest")
 
@@ -352,7 +354,13 @@ def harvest_rows(
         parts = [carry] if carry else []
         have = _rows(carry)
         while have < want:
-            columns = writer.check_rows(batch_columns(next(stream)), writer.rows + have)
+            try:
+                batch = next(stream)
+            except StopIteration:
+                raise DataError(
+                    f"the source ran out after {writer.rows + have} rows; harvest.rows is {rows}"
+                ) from None
+            columns = writer.check_rows(batch_columns(batch), writer.rows + have)
             parts.append(columns)
             have += _rows(columns)
         joined = _cat(parts)
