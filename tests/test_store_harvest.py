@@ -195,7 +195,7 @@ def test_shards_hold_every_column_in_the_store_dtype(tmp_path) -> None:
 TOY_HARVEST = {
     "seed": 0,
     "data": {"toy": {"n_features": 40, "d_hidden": 10, "train_steps": 20, "train_batch_size": 256}},
-    "harvest": {"rows": 60_000, "shard_rows": 3000, "batch_rows": 1000},
+    "harvest": {"rows": 30_000, "shard_rows": 3000, "batch_rows": 1000},
     "logging": {"progress": False},
 }
 
@@ -233,7 +233,10 @@ def _kill_during_a_commit(proc: subprocess.Popen, store: Path, rng: random.Rando
 
 
 def _sigkill_then_finish(tmp_path: Path, kills: int, seed: int) -> None:
-    config = write_config(tmp_path / "harvest.yaml", TOY_HARVEST)
+    # each kill lets at most 4 shards commit: leave room for all of them
+    rows = TOY_HARVEST["harvest"]["shard_rows"] * (4 * kills + 4)
+    tree = {**TOY_HARVEST, "harvest": {**TOY_HARVEST["harvest"], "rows": rows}}
+    config = write_config(tmp_path / "harvest.yaml", tree)
     straight = _harvest_cli(config, tmp_path / "straight")
     assert straight.wait(timeout=300) == 0, straight.stderr.read()
 
@@ -241,7 +244,7 @@ def _sigkill_then_finish(tmp_path: Path, kills: int, seed: int) -> None:
     rng = random.Random(seed)
     for _ in range(kills):
         _kill_during_a_commit(_harvest_cli(config, killed), killed, rng)
-    assert _committed_rows(killed) < TOY_HARVEST["harvest"]["rows"], "every kill came too late"
+    assert _committed_rows(killed) < rows, "every kill came too late"
     finish = _harvest_cli(config, killed)
     assert finish.wait(timeout=300) == 0, finish.stderr.read()
     assert store_files(killed) == store_files(tmp_path / "straight")

@@ -10,13 +10,14 @@ from safetensors.torch import load_file
 
 from pipelines.harvest import run_harvest
 from pipelines.train import run_train
+from sae.cli import main
 from sae.config import validate_tree
 from sae.errors import DataError
 from sae.models import build_sae
 from sae.sources import build_source
 from sae.sources.base import BatchStream
 from sae.training.trainer import Trainer
-from tests.conftest import tiny_tree
+from tests.conftest import tiny_tree, write_config
 from tests.store_helpers import harvest_counting
 
 
@@ -132,3 +133,22 @@ def test_a_corrupt_shard_stops_training_naming_the_file(synthetic_store, tmp_pat
     (tmp_path / "run").mkdir()
     with pytest.raises(DataError, match=r"shard-0000\d.safetensors: rows \d+..\d+ of 'acts/hidden'"):
         Trainer(cfg, build_sae(cfg.sae, source.d_in), source, tmp_path / "run").fit()
+
+
+def test_sae_train_cli_writes_the_outputs_of_sae_toy(tmp_path, capsys) -> None:
+    store = harvest_counting(tmp_path / "store", rows=4000)
+    tree = _store_tree(store, samples=4000)
+    tree["data"]["hook"] = "resid"
+    config = write_config(tmp_path / "train.yaml", tree)
+    assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 0
+    assert {"metrics.json", "sae", "checkpoint.safetensors"} <= {p.name for p in (tmp_path / "run").iterdir()}
+    assert "explained_variance" in capsys.readouterr().out
+
+
+def test_sae_train_on_a_missing_store_is_one_line(tmp_path, capsys) -> None:
+    tree = _store_tree(tmp_path / "absent")
+    config = write_config(tmp_path / "train.yaml", tree)
+    assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "absent does not exist" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
