@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from sae.config import Config, to_dict
 from sae.errors import ConfigError
+from sae.seeding import derive_seed
 from sae.sources import build_source
 from sae.sources.base import ActivationSource, GroundTruthSource
 from sae.store.format import Manifest
@@ -75,7 +76,7 @@ def run_harvest(cfg: Config, out_dir: Path) -> Manifest:
             unit_scale=True,
             dynamic_ncols=True,
         )
-        stream = source.harvest_stream(hc.batch_rows, cfg.seed)
+        stream = source.harvest_stream(hc.batch_rows, derive_seed(cfg.seed, "harvest"))
         try:
             manifest = harvest_rows(
                 writer, stream, hc.rows, hc.shard_rows, on_commit=lambda rows: bar.update(rows - bar.n)

@@ -17,13 +17,12 @@ from sae.evaluation.reconstruction import evaluate_reconstruction
 from sae.io import atomic_write_json
 from sae.models import SparseAutoencoder, build_sae
 from sae.publish.saelens import save_saelens
+from sae.seeding import derive_seed
 from sae.sources import build_source
 from sae.sources.base import ActivationSource, GroundTruthSource
 from sae.tables import format_table
 from sae.training.trainer import Trainer
 
-THRESHOLD_STREAM_OFFSET = 3_000_017
-EVAL_SEED_OFFSET = 4_000_037
 # source metadata key -> SAELens cfg.json metadata key
 SAELENS_METADATA = {
     "hook": "hook_name", "model": "model_name", "dataset": "dataset_path",
@@ -61,14 +60,14 @@ def train_and_evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, sae, source, out_dir)
     summary = trainer.fit()
-    sae.fit_inference(trainer.fresh_batches(cfg.eval.threshold_batches, THRESHOLD_STREAM_OFFSET))
+    sae.fit_inference(trainer.fresh_batches(cfg.eval.threshold_batches, "inference-fit"))
     if ground_truth is not None:
         metrics = evaluate_ground_truth(
             sae,
             ground_truth,
             samples=cfg.eval.samples,
             batch_size=cfg.eval.batch_size,
-            seed=cfg.seed + EVAL_SEED_OFFSET,
+            seed=derive_seed(cfg.seed, "eval"),
             input_scale=summary.input_scale,
         ).to_dict()
     else:
@@ -92,7 +91,7 @@ def _evaluate_on_source(
     cfg: Config, sae: SparseAutoencoder, source: ActivationSource, input_scale: float
 ) -> dict[str, Any]:
     """No ground truth: reconstruction metrics on eval.samples rows drawn with another seed."""
-    stream = source.stream(cfg.eval.batch_size, cfg.seed + EVAL_SEED_OFFSET)
+    stream = source.stream(cfg.eval.batch_size, derive_seed(cfg.seed, "eval"))
     try:
         batches = (next(stream) for _ in range(-(-cfg.eval.samples // cfg.eval.batch_size)))
         return evaluate_reconstruction(sae, batches, input_scale)

@@ -137,7 +137,7 @@ def _bench_toy(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.overrides)
     from pipelines.compare_saelens import run_compare
 
-    run_compare(cfg, budget_seconds=args.seconds, out_json=args.out)
+    run_compare(cfg, out_json=args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,8 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     bench_toy = bench_sub.add_parser("toy", help="ours vs SAELens's trainer, same data and time")
     _config_args(bench_toy, out=False)
-    bench_toy.add_argument("--seconds", type=float, default=None, help="wall-clock budget each")
-    bench_toy.add_argument("--out", type=Path, default=None, help="write rows as JSON here")
+    bench_toy.add_argument("--json", type=Path, default=None, help="also write the rows here")
     bench_toy.set_defaults(handler=_bench_toy)
     bench_store = bench_sub.add_parser("store", help="store read GB/s next to a numpy memmap")
     bench_store.add_argument("store", type=Path, help="store directory")

@@ -56,3 +56,10 @@ def test_metrics_agree_with_saelens_synthetic_evals(arch: str, tmp_path) -> None
     assert ours.precision == pytest.approx(theirs.classification.precision, abs=1e-4)
     assert ours.recall == pytest.approx(theirs.classification.recall, abs=1e-4)
     assert ours.f1 == pytest.approx(theirs.classification.f1_score, abs=1e-4)
+
+
+def test_sae_initialisation_is_independent_of_the_ground_truth() -> None:
+    """Same config seed for data and model must not start the SAE on the true features."""
+    source = SyntheticSource(SyntheticConfig(num_features=64, hidden_dim=16), seed=0)
+    sae = build_sae(SAEConfig(arch="topk", d_sae=64, k=4), 16, seed=0)
+    assert mcc(cosines(sae.W_dec.detach(), source.feature_vectors)) < 0.6

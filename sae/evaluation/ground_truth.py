@@ -20,8 +20,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from sae.evaluation.reconstruction import ReconstructionStats
-from sae.models import SparseAutoencoder
+from sae.evaluation.reconstruction import Dictionary, ReconstructionStats
 from sae.sources.base import GroundTruthSource
 
 
@@ -101,7 +100,7 @@ class _Streaming(ReconstructionStats):
 
 @torch.no_grad()
 def evaluate_ground_truth(
-    sae: SparseAutoencoder,
+    sae: Dictionary,
     source: GroundTruthSource,
     samples: int,
     batch_size: int,
@@ -109,20 +108,20 @@ def evaluate_ground_truth(
     input_scale: float = 1.0,
 ) -> GroundTruthMetrics:
     """Evaluate `sae` (trained on inputs multiplied by `input_scale`) on fresh samples."""
-    sae.eval()
     true_dirs = source.feature_vectors.float().cpu()
     latent_dirs = sae.W_dec.detach().float().cpu()
     signed = cosines(latent_dirs, true_dirs)
     cos = signed.abs()
-    stats = _Streaming(cos.argmax(dim=1), sae.d_sae)
+    stats = _Streaming(cos.argmax(dim=1), latent_dirs.shape[0])
     generator = torch.Generator().manual_seed(seed)
     device = sae.W_dec.device
     done = 0
     while done < samples:
         n = min(batch_size, samples - done)
         x, features = source.sample_with_features(n, generator)
-        out = sae(x.to(device) * input_scale)
-        stats.add(x, out.recon.cpu().double() / input_scale, out.latents.cpu(), features)
+        latents = sae.encode(x.to(device) * input_scale)
+        recon = sae.decode(latents)
+        stats.add(x, recon.cpu().double() / input_scale, latents.cpu(), features)
         done += n
     precision, recall, f1 = stats.classification()
     return GroundTruthMetrics(

@@ -4,11 +4,20 @@ shrinkage. Summed over batches, so any number of rows fits in memory."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from sae.models import SparseAutoencoder
+
+class Dictionary(Protocol):
+    """Anything with encode/decode and a [d_sae, d_in] decoder: ours or a SAELens SAE."""
+
+    W_dec: Tensor
+
+    def encode(self, x: Tensor) -> Tensor: ...
+
+    def decode(self, latents: Tensor) -> Tensor: ...
 
 
 class ReconstructionStats:
@@ -50,14 +59,13 @@ class ReconstructionStats:
 
 @torch.no_grad()
 def evaluate_reconstruction(
-    sae: SparseAutoencoder, batches: Iterable[Tensor], input_scale: float = 1.0
+    sae: Dictionary, batches: Iterable[Tensor], input_scale: float = 1.0
 ) -> dict[str, float | int]:
     """Metrics of `sae` (trained on inputs multiplied by `input_scale`) on `batches`."""
-    sae.eval()
-    stats = ReconstructionStats(sae.d_sae)
+    stats = ReconstructionStats(sae.W_dec.shape[0])
     device = sae.W_dec.device
     for batch in batches:
         x = batch.float()
-        out = sae(x.to(device) * input_scale)
-        stats.add(x, out.recon.cpu().double() / input_scale, out.latents.cpu())
+        latents = sae.encode(x.to(device) * input_scale)
+        stats.add(x, sae.decode(latents).cpu().double() / input_scale, latents.cpu())
     return stats.summary()

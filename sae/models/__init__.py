@@ -10,6 +10,7 @@ from sae.models.jumprelu import JumpReLUSAE
 from sae.models.matryoshka import MatryoshkaSAE
 from sae.models.relu import ReLUSAE
 from sae.models.topk import TopKSAE
+from sae.seeding import derive_seed
 
 REGISTRY: dict[str, type[SparseAutoencoder]] = {
     cls.arch: cls
@@ -18,7 +19,7 @@ REGISTRY: dict[str, type[SparseAutoencoder]] = {
 
 
 def build_sae(cfg: SAEConfig, d_in: int, seed: int = 0) -> SparseAutoencoder:
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(derive_seed(seed, "sae-init"))
     return REGISTRY[cfg.arch](d_in, cfg, generator)
 
 

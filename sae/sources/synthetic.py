@@ -26,6 +26,7 @@ from sae_lens.synthetic.firing_probabilities import (
 from torch import Tensor
 
 from sae.config import FiringProbabilityConfig, MagnitudeConfig, SyntheticConfig
+from sae.seeding import derive_seed
 from sae.sources.base import BatchStream, GroundTruthSource, SampledStream
 
 
@@ -52,6 +53,7 @@ def _magnitude(value: float | MagnitudeConfig) -> float | SLMagnitudeConfig:
 
 
 def saelens_config(cfg: SyntheticConfig, seed: int) -> SyntheticModelConfig:
+    """sae_lens derives its sub-seeds as seed + 1 ... seed + 4; we follow its convention."""
     hierarchy = None
     if cfg.hierarchy is not None:
         hierarchy = HierarchyConfig(**cfg.hierarchy.model_dump())
@@ -84,7 +86,7 @@ class SyntheticSource(GroundTruthSource):
         self.cfg = cfg
         self.d_in = cfg.hidden_dim
         with torch.random.fork_rng(devices=[]):
-            self.model = SyntheticModel(saelens_config(cfg, seed))
+            self.model = SyntheticModel(saelens_config(cfg, derive_seed(seed, "synthetic-model")))
         self.model.eval()
 
     def sample_with_features(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

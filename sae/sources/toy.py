@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from sae.config import ToyModelConfig
+from sae.seeding import derive_seed
 from sae.sources.base import BatchStream, GroundTruthSource, SampledStream
 
 REPRESENTED_NORM = 0.5  # a column this long carries its feature (Elhage et al. use ~0.5 too)
@@ -26,7 +27,7 @@ class ToySuperposition(GroundTruthSource):
         self.d_in = cfg.d_hidden
         self.probabilities = _probabilities(cfg)
         self.importance = cfg.importance_decay ** torch.arange(cfg.n_features, dtype=torch.float32)
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(derive_seed(seed, "toy-model"))
         self.W, self.b, self.final_loss = self._train(generator)
         self.represented = self.W.norm(dim=0) >= REPRESENTED_NORM
 

@@ -27,14 +27,12 @@ from sae.config import Config, to_dict
 from sae.errors import DataError, UserError
 from sae.io import load_state, save_state
 from sae.models import SparseAutoencoder, StepContext
+from sae.seeding import derive_seed
 from sae.sources.base import ActivationSource, BatchStream
 from sae.training.run_log import RunLog
 
 CHECKPOINT = "checkpoint.safetensors"
 
-# Seeds of the auxiliary streams, offset from the run seed so they never share batches with it.
-NORM_STREAM_OFFSET = 1_000_003
-RESAMPLE_STREAM_OFFSET = 2_000_003
 
 
 @dataclass
@@ -75,7 +73,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             self.sae.parameters(), lr=self.tc.lr, betas=(self.tc.adam_beta1, self.tc.adam_beta2)
         )
-        self.generator = torch.Generator().manual_seed(cfg.seed + 7)
+        self.generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "trainer"))
         self.samples_since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=self.device)
         self.step = 0
         self.seconds = 0.0
@@ -88,7 +86,7 @@ class Trainer:
     # ------------------------------------------------------------------ public
 
     def fit(self) -> TrainSummary:
-        stream = self.source.stream(self.batch_size, self.cfg.seed)
+        stream = self.source.stream(self.batch_size, derive_seed(self.cfg.seed, "train"))
         try:
             if self.checkpoint_path.exists():
                 self._restore(stream)
@@ -107,9 +105,9 @@ class Trainer:
             input_scale=self.input_scale,
         )
 
-    def fresh_batches(self, n_batches: int, seed_offset: int) -> list[Tensor]:
-        """Scaled batches from an independent stream (for fitting thresholds, estimates)."""
-        stream = self.source.stream(self.batch_size, self.cfg.seed + seed_offset)
+    def fresh_batches(self, n_batches: int, purpose: str) -> list[Tensor]:
+        """Scaled batches from a stream of their own (for fitting thresholds, estimates)."""
+        stream = self.source.stream(self.batch_size, derive_seed(self.cfg.seed, purpose))
         try:
             return [self._prepare(next(stream)) for _ in range(n_batches)]
         finally:
@@ -120,7 +118,7 @@ class Trainer:
     @torch.no_grad()
     def _initialise(self) -> None:
         """Fix the input scale and b_dec from a few batches of an independent stream."""
-        sample = torch.cat(self.fresh_batches(self.tc.norm_estimate_batches, NORM_STREAM_OFFSET))
+        sample = torch.cat(self.fresh_batches(self.tc.norm_estimate_batches, "input-norm"))
         if self.tc.normalize_inputs:
             mean_norm = float(sample.norm(dim=-1).mean())
             if mean_norm <= 0:
@@ -271,7 +269,7 @@ class Trainer:
         if dead.numel() == 0:
             return
         n_batches = max(1, self.tc.resample_sample_rows // self.batch_size)
-        x = torch.cat(self.fresh_batches(n_batches, RESAMPLE_STREAM_OFFSET + self.step))
+        x = torch.cat(self.fresh_batches(n_batches, f"resample-{self.step}"))
         losses = (x - self.sae(x).recon).pow(2).sum(-1)
         weights = losses.pow(2).cpu().double()
         if float(weights.sum()) <= 0:
