@@ -197,3 +197,17 @@ def test_bench_store_reports_each_read_next_to_memmap(counting_store, capsys) ->
     assert all(r["GB/s"] > 0 and r["GB/cpu-s"] > 0 for r in rows)
     assert rows[0]["vs memmap"] == 1.0
     assert "store shuffled" in capsys.readouterr().out
+
+
+def test_rank_and_world_size_default_to_torch_distributed(counting_store, monkeypatch) -> None:
+    dist = torch.distributed
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 2)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 3)
+    stream = StoreStream(Store(counting_store), "acts/resid", 100, seed=5)
+    assert (stream.rank, stream.world_size) == (2, 3)
+    alone = StoreStream(Store(counting_store), "acts/resid", 100, seed=5, rank=2, world_size=3)
+    assert torch.equal(next(stream), next(alone))
+    stream.close()
+    alone.close()

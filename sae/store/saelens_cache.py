@@ -34,8 +34,9 @@ RUNNER_CFG = "cache_activations_runner_cfg.json"  # what SAELens uploads beside 
 def export_saelens(
     store_dir: Path, out: Path, hooks: list[str] | None = None, context_size: int | None = None
 ) -> Path:
-    from datasets import Array2D, Dataset, Features, Sequence, Value
+    from datasets import Array2D, Dataset, Features, Sequence, Value, disable_progress_bars
 
+    disable_progress_bars()  # one bar per chunk is noise; we print one summary line
     store = Store(store_dir)
     manifest = store.manifest
     if not manifest.complete:
