@@ -30,10 +30,10 @@ def source_identity(cfg: Config) -> dict[str, Any]:
 
 def describe_source(source: ActivationSource) -> dict[str, Any]:
     """Manifest fields learnt from the built source: model, dataset, its own statistics."""
-    metadata = source.metadata()
+    metadata = source.metadata()  # keys as in SAELens's metadata where they exist
     description = {
-        "model": metadata.get("model", metadata.get("kind")),
-        "dataset": metadata.get("dataset"),
+        "model": metadata.get("model_name", metadata.get("kind")),
+        "dataset": metadata.get("dataset_path"),
         "context_size": metadata.get("context_size"),
         "metadata": metadata,
     }
@@ -84,6 +84,8 @@ def run_harvest(cfg: Config, out_dir: Path) -> Manifest:
         finally:
             stream.close()
             bar.close()
+    if manifest.rows < hc.rows:
+        print(f"the source ended after {manifest.rows} rows (harvest.rows is {hc.rows})")
     print(
         f"{out_dir}: {manifest.rows} rows in {len(manifest.shards)} shards "
         f"({manifest.bytes / 1e9:.3f} GB, {manifest.dtype}), hooks "

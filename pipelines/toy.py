@@ -23,11 +23,8 @@ from sae.sources.base import ActivationSource, GroundTruthSource
 from sae.tables import format_table
 from sae.training.trainer import Trainer
 
-# source metadata key -> SAELens cfg.json metadata key
-SAELENS_METADATA = {
-    "hook": "hook_name", "model": "model_name", "dataset": "dataset_path",
-    "context_size": "context_size",
-}  # fmt: skip
+# keys of a source's metadata() that SAELens's cfg.json metadata shares
+SAELENS_METADATA = ("hook_name", "model_name", "dataset_path", "context_size")
 SUMMARY_COLUMNS = (
     "arch", "mcc", "f1", "precision", "recall", "frac_recovered_90", "l0", "true_l0",
     "explained_variance", "dead_latents", "seconds",
@@ -101,16 +98,15 @@ def _evaluate_on_source(
 
 def _saelens_metadata(cfg: Config, description: dict[str, Any]) -> dict[str, Any]:
     """SAELens's metadata keys, from what the source says about itself."""
-    found = {
-        theirs: description[ours]
-        for ours, theirs in SAELENS_METADATA.items()
-        if description.get(ours) is not None
-    }
+    found = {k: description[k] for k in SAELENS_METADATA if description.get(k) is not None}
     return {"source": cfg.data.kind, **found}
 
 
 def run_toy(cfg: Config, out_dir: Path) -> dict[str, Any]:
     source = build_ground_truth(cfg)
     result = train_and_evaluate(cfg, source, out_dir)
+    stats = {k: v for k, v in result["source"].items() if isinstance(v, int | float)}
+    if stats:
+        print("source: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
     print(format_table([result], SUMMARY_COLUMNS))
     return result

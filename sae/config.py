@@ -117,12 +117,56 @@ class SyntheticConfig(Section):
     bias: bool | float = False
 
 
+class LMConfig(Section):
+    """A language model's activations at named hooks, over a text dataset.
+
+    See sae/lm/loading.py for what `model` may name and sae/sources/text.py for how documents
+    become context windows.
+    """
+
+    # "bundled" (the tiny model in the package), a TransformerLens model name ("gpt2"), a hub
+    # repository id (backend hf) or a local Hugging Face checkpoint directory
+    model: str = "bundled"
+    backend: Literal["transformer_lens", "hf"] = "transformer_lens"
+    # TransformerLens hook points (blocks.8.hook_resid_pre, blocks.0.attn.hook_z, ...) or, for
+    # backend hf, module paths whose output is read (transformer.h.7, model.layers.3.mlp)
+    hooks: list[str] = Field(min_length=1)
+    # "generated" (the bundled language, with per-token labels), a local .txt (one document
+    # per line) / .json / .jsonl / .csv / .parquet file, or a hub dataset name (streamed)
+    dataset: str = "generated"
+    dataset_config: str | None = None  # a hub dataset's configuration, e.g. wikitext-2-raw-v1
+    dataset_split: str = "train"
+    text_column: str = "text"
+    context_size: int = Field(128, ge=2)
+    prepend_bos: bool = True  # BOS at the start of every context window (SAELens's default)
+    separator: Literal["bos", "eos", "none"] = "bos"  # between documents sharing a window
+    # leave BOS/EOS/PAD positions out of the rows: their activations are outliers (attention
+    # sinks) that would dominate the reconstruction loss
+    exclude_special_tokens: bool = True
+    batch_sequences: int = Field(32, ge=1)  # context windows per forward pass
+    max_tokens: int | None = Field(None, ge=1)  # rows to take from the token stream (None: all)
+    # rows mixed together before batching when training straight from the model (no store)
+    shuffle_rows: int = Field(65_536, ge=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _distinct_hooks(self) -> LMConfig:
+        if len(set(self.hooks)) != len(self.hooks):
+            raise ValueError("hooks lists a hook twice")
+        return self
+
+
+SOURCES = ("toy", "synthetic", "store", "lm")
+
+
 class DataConfig(Section):
     """Where activations come from. Set exactly one source."""
 
     toy: ToyModelConfig | None = None
     synthetic: SyntheticConfig | None = None
     store: Path | None = None  # a sharded activation store directory (`sae harvest`)
+    lm: LMConfig | None = None  # a language model, read live
     # store only: the hook to train on (needed when the store holds several)
     hook: str | None = None
     # store only: False reads rows in stored order; True a seeded block shuffle per epoch
@@ -133,15 +177,16 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
-        chosen = [name for name in ("toy", "synthetic", "store") if getattr(self, name)]
+        chosen = [name for name in SOURCES if getattr(self, name)]
         if len(chosen) != 1:
             got = ", ".join(chosen) or "none"
-            raise ValueError(f"set exactly one of data.toy, data.synthetic, data.store (got {got})")
+            options = ", ".join(f"data.{name}" for name in SOURCES)
+            raise ValueError(f"set exactly one of {options} (got {got})")
         return self
 
     @property
     def kind(self) -> str:
-        return next(name for name in ("toy", "synthetic", "store") if getattr(self, name))
+        return next(name for name in SOURCES if getattr(self, name))
 
 
 class HarvestConfig(Section):

@@ -11,3 +11,9 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """Activation data is missing, corrupt or non-finite."""
+
+
+def first_line(error: BaseException) -> str:
+    """A third-party exception's message cut to one line, for wrapping in a UserError."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

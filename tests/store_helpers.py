@@ -31,16 +31,21 @@ def counting_rows(first: int, count: int, widths: dict[str, int] = WIDTHS) -> Ha
 
 
 class CountingStream(HarvestStream):
-    def __init__(self, batch_rows: int, nan_at: int | None = None, scale: float = 1.0):
-        self.batch_rows, self.nan_at, self.scale = batch_rows, nan_at, scale
+    def __init__(
+        self, batch_rows: int, nan_at: int | None = None, scale: float = 1.0, end: int | None = None
+    ):
+        self.batch_rows, self.nan_at, self.scale, self.end = batch_rows, nan_at, scale, end
         self.next_row = 0
 
     def __next__(self) -> HarvestBatch:
-        batch = counting_rows(self.next_row, self.batch_rows)
+        if self.end is not None and self.next_row >= self.end:
+            raise StopIteration
+        count = self.batch_rows if self.end is None else min(self.batch_rows, self.end - self.next_row)
+        batch = counting_rows(self.next_row, count)
         batch.activations = {k: v * self.scale for k, v in batch.activations.items()}
         if self.nan_at is not None and 0 <= self.nan_at - self.next_row < self.batch_rows:
             batch.activations["mlp"][self.nan_at - self.next_row, 1] = float("nan")
-        self.next_row += self.batch_rows
+        self.next_row += count
         return batch
 
     def state_dict(self) -> dict[str, Any]:

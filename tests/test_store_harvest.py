@@ -76,6 +76,14 @@ def test_a_kill_inside_a_commit_keeps_the_previous_commit(tmp_path, straight, mo
     assert store_files(out) == straight
 
 
+def test_a_source_that_ends_early_completes_the_store_with_its_rows(tmp_path) -> None:
+    out = harvest_counting(tmp_path / "store", stream=CountingStream(384, end=2500))
+    store = Store(out)
+    assert store.manifest.complete and store.rows == 2500
+    assert [s.rows for s in store.manifest.shards] == [1000, 1000, 500]
+    assert torch.equal(store.read_rows("acts/resid", 0, 2500)[:, 0], torch.arange(2500).float())
+
+
 def test_nan_rows_are_refused_at_write_time_naming_the_row(tmp_path) -> None:
     out = tmp_path / "store"
     with pytest.raises(DataError, match=r"row 2500 of hook 'mlp' has NaN"):

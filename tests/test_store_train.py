@@ -47,7 +47,7 @@ def test_a_store_of_a_ground_truth_source_is_evaluated_like_the_live_source(synt
     for metric in ("mcc", "f1", "explained_variance"):
         assert abs(from_store[metric] - live[metric]) < 0.05, (metric, from_store, live)
     assert from_store["true_l0"] == live["true_l0"], "the same ground truth, rebuilt"
-    assert from_store["source"]["kind"] == "store" and from_store["source"]["model"] == "synthetic"
+    assert from_store["source"]["kind"] == "store" and from_store["source"]["model_name"] == "synthetic"
     cfg = json.loads((tmp_path / "s" / "sae" / "cfg.json").read_text())
     assert cfg["metadata"]["hook_name"] == "hidden" and cfg["metadata"]["source"] == "store"
 

@@ -17,6 +17,10 @@ def build_source(data: DataConfig, seed: int) -> ActivationSource:
         from sae.sources.store import StoreSource
 
         return StoreSource(data)
+    if data.lm is not None:
+        from sae.sources.lm import LMSource
+
+        return LMSource(data.lm)
     raise NotImplementedError(f"data source '{data.kind}' is not available yet")
 
 

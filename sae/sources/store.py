@@ -49,11 +49,11 @@ class StoreSource(ActivationSource):
         return {
             "kind": "store",
             "store": str(self.store.dir),
-            "hook": self.hook,
+            "hook_name": self.hook,
             "rows": self.store.rows,
             "dtype": self.store.manifest.dtype,
-            "model": source.get("model"),
-            "dataset": source.get("dataset"),
+            "model_name": source.get("model"),
+            "dataset_path": source.get("dataset"),
             "context_size": source.get("context_size"),
             "harvested_from": {k: v for k, v in source.items() if k != "data"},
         }

@@ -79,7 +79,7 @@ class ToySuperposition(GroundTruthSource):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        return W.detach(), b.detach(), float(loss)
+        return W.detach(), b.detach(), loss.item()
 
     def metadata(self) -> dict[str, Any]:
         return {"kind": "toy", **self.superposition_stats()}

@@ -76,8 +76,9 @@ def export_saelens(
             positions = store.read_rows("positions", a, b).view(-1, context)
             if not torch.equal(positions, torch.arange(context).expand_as(positions)):
                 raise UserError(
-                    f"rows {a}..{b - 1} are not whole sequences of {context} positions; "
-                    "check --context-size"
+                    f"rows {a}..{b - 1} are not whole sequences of {context} positions: check "
+                    "--context-size (a harvest that left out special tokens has no whole "
+                    "sequences, which SAELens's format needs)"
                 )
         chunk: dict[str, np.ndarray] = {}
         for hook in hooks:

@@ -339,7 +339,8 @@ def harvest_rows(
     shard_rows: int,
     on_commit: Callable[[int], None] | None = None,
 ) -> Manifest:
-    """Pull batches from `stream` into shards of `shard_rows` until the store holds `rows`.
+    """Pull batches from `stream` into shards of `shard_rows` until the store holds `rows`, or
+    the source ends (a finite dataset): then the store is complete with the rows there were.
 
     Rows a batch brings beyond a shard boundary are carried into the next shard and saved with
     the source's state, so shard boundaries never depend on the source's batch size.
@@ -349,7 +350,8 @@ def harvest_rows(
     if state is not None:
         stream.load_state_dict(state["stream"])
         carry = state["carry"] or {}
-    while writer.rows < rows:
+    ended = False
+    while writer.rows < rows and not ended:
         want = min(shard_rows, rows - writer.rows)
         parts = [carry] if carry else []
         have = _rows(carry)
@@ -357,18 +359,21 @@ def harvest_rows(
             try:
                 batch = next(stream)
             except StopIteration:
-                raise DataError(
-                    f"the source ran out after {writer.rows + have} rows; harvest.rows is {rows}"
-                ) from None
+                ended = True
+                break
             columns = writer.check_rows(batch_columns(batch), writer.rows + have)
             parts.append(columns)
             have += _rows(columns)
+        if have == 0:
+            break
         joined = _cat(parts)
         shard = {k: v[:want].contiguous() for k, v in joined.items()}
         carry = {k: v[want:].contiguous() for k, v in joined.items()} if have > want else {}
         writer.commit(shard, {"stream": stream.state_dict(), "carry": carry or None})
         if on_commit is not None:
             on_commit(writer.rows)
+    if writer.manifest is None:
+        raise DataError("the source produced no rows")
     return writer.finish()
 
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from sae.config import Config, to_dict
+from sae.device import pick_device
 from sae.errors import DataError, UserError
 from sae.io import load_state, save_state
 from sae.models import SparseAutoencoder, StepContext
@@ -47,14 +48,6 @@ class TrainSummary:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
 class Trainer:
     def __init__(
         self,
@@ -65,7 +58,7 @@ class Trainer:
         resumable_keys: tuple[str, ...] = ("logging",),
     ):
         self.cfg, self.source, self.out_dir = cfg, source, Path(out_dir)
-        self.device = pick_device(cfg.train.device)
+        self.device = pick_device(cfg.train.device, "train.device")
         self.sae = sae.to(self.device)
         self.tc = cfg.train
         self.batch_size = self.tc.batch_size

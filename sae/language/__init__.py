@@ -1,0 +1,1 @@
+"""The generated language with known latent variables, and the tiny model bundled with it."""

@@ -1,0 +1,1 @@
+"""Language models as activation producers: loading them and reading or replacing hooks."""
