@@ -6,6 +6,7 @@ Every section is a pydantic model that forbids unknown keys, so a typo in a YAML
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -209,8 +210,15 @@ class SAEConfig(Section):
 
     arch: Literal["relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka"] = "topk"
     d_sae: int = Field(4096, ge=1)
-    # topk, batchtopk, matryoshka: active latents per row (batch-averaged for the batch variants)
-    k: int = Field(32, ge=1)
+    # topk, batchtopk, matryoshka: active latents per row (batch-averaged for the batch variants,
+    # which may take a fractional k, as in SAELens)
+    k: float = Field(32, gt=0)
+    # batchtopk, matryoshka: train as a per-row TopK SAE with warm_start_k (default 2k) for this
+    # fraction of training before switching to batch-level top-k. The per-row phase gives
+    # every row spare slots to explore, so latents specialise instead of starving in the
+    # global competition (without it, half the latents can die on synthetic data).
+    warm_start_frac: float = Field(0.0, ge=0, le=1)
+    warm_start_k: int | None = Field(None, ge=1)
     # relu, gated: L1 coefficient (relu weights it by decoder row norm, Anthropic Apr 2024)
     l1_coefficient: float = Field(5.0, ge=0)
     # jumprelu: L0 coefficient, STE bandwidth, initial threshold
@@ -222,7 +230,7 @@ class SAEConfig(Section):
     # matryoshka: nested prefix widths; the full width d_sae is always the last level
     matryoshka_widths: list[int] | None = None
     # dead-latent remedy: "auto" = auxk for topk-family and jumprelu, resample for relu/gated
-    dead_remedy: Literal["auto", "auxk", "resample", "none"] = "auto"
+    dead_remedy: Literal["auto", "auxk", "resample", "auxk+resample", "none"] = "auto"
     aux_k: int | None = None  # default d_in // 2 (sparsify)
     aux_coefficient: float = Field(1 / 32, ge=0)
     b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
@@ -231,7 +239,9 @@ class SAEConfig(Section):
     @model_validator(mode="after")
     def _widths(self) -> SAEConfig:
         if self.arch in ("topk", "batchtopk", "matryoshka") and self.k > self.d_sae:
-            raise ValueError(f"k={self.k} exceeds d_sae={self.d_sae}")
+            raise ValueError(f"k={self.k:g} exceeds d_sae={self.d_sae}")
+        if self.arch == "topk" and not float(self.k).is_integer():
+            raise ValueError(f"topk needs a whole number k (got {self.k:g})")
         if self.matryoshka_widths is not None:
             widths = self.matryoshka_widths
             if any(b <= a for a, b in zip(widths, widths[1:], strict=False)) or widths[0] < 1:
@@ -239,6 +249,9 @@ class SAEConfig(Section):
             if widths[-1] > self.d_sae:
                 raise ValueError(f"matryoshka_widths exceed d_sae={self.d_sae}")
         return self
+
+    def warm_k(self) -> int:
+        return min(self.warm_start_k or math.ceil(2 * self.k), self.d_sae)
 
     def remedy(self) -> str:
         if self.dead_remedy != "auto":
@@ -265,6 +278,7 @@ class TrainConfig(Section):
     # relu/gated resampling (Towards Monosemanticity): at these fractions of training
     resample_at: list[float] = [0.25, 0.5, 0.75]
     resample_sample_rows: int = Field(65_536, ge=1)
+    resample_encoder_scale: float = Field(0.2, gt=0)
     checkpoint_every_steps: int = Field(200, ge=0)  # 0: only at the end
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "fp32"

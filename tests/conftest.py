@@ -15,25 +15,25 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 def tiny_tree(arch: str = "topk", **sae: Any) -> dict[str, Any]:
-    """64 synthetic features in 16 dims: trains in a second or two."""
+    """48 synthetic features in 32 dims: trains in a few seconds."""
     return {
         "seed": 0,
         "data": {
             "synthetic": {
-                "num_features": 64,
-                "hidden_dim": 16,
+                "num_features": 48,
+                "hidden_dim": 32,
                 "firing": {"kind": "constant", "probability": 0.04},
-                "std_magnitude": 0.2,
+                "std_magnitude": 0.1,
             }
         },
-        "sae": {"arch": arch, "d_sae": 64, "k": 4, **sae},
+        "sae": {"arch": arch, "d_sae": 48, "k": 3, **sae},
         "train": {
-            "samples": 60_000,
-            "batch_size": 512,
-            "lr": 3e-3,
+            "samples": 80_000,
+            "batch_size": 128,
+            "lr": 5e-3,
             "lr_warmup_steps": 5,
-            "checkpoint_every_steps": 20,
-            "dead_window_samples": 20_000,
+            "checkpoint_every_steps": 50,
+            "dead_window_samples": 10_000,
         },
         "eval": {"samples": 4096, "batch_size": 2048, "threshold_batches": 4},
         "logging": {"wandb": False, "progress": False, "log_every_steps": 10},

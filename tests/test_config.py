@@ -49,10 +49,16 @@ def test_data_section_needs_exactly_one_source(tmp_path: Path) -> None:
 
 
 def test_k_larger_than_dictionary_is_rejected(tiny_config: Path) -> None:
-    with pytest.raises(ConfigError, match="k=100 exceeds d_sae=64"):
+    with pytest.raises(ConfigError, match="k=100 exceeds d_sae=48"):
         load_config(tiny_config, ["sae.k=100"])
 
 
 def test_shipped_configs_validate() -> None:
     for path in Path("configs").rglob("*.yaml"):
         load_config(path)
+
+
+def test_topk_needs_a_whole_k_but_batchtopk_may_take_a_fraction(tiny_config: Path) -> None:
+    assert load_config(tiny_config, ["sae.arch=batchtopk", "sae.k=2.5"]).sae.k == 2.5
+    with pytest.raises(ConfigError, match="whole number k"):
+        load_config(tiny_config, ["sae.arch=topk", "sae.k=2.5"])

@@ -107,6 +107,7 @@ def test_matryoshka_loss_averages_every_prefix_reconstruction() -> None:
 def test_jumprelu_threshold_learns_through_straight_through_estimator() -> None:
     sae = perturbed("jumprelu", jumprelu_bandwidth=1.0)
     pre = sae.pre_acts(torch.randn(256, D_IN))
-    sae.sparsity_loss(pre, sae.train_activation(pre), StepContext()).backward()
+    ctx = StepContext()
+    sae.sparsity_loss(pre, sae.train_activation(pre, ctx), ctx).backward()
     # A larger threshold lowers L0: the L0 term must push every threshold upward.
     assert (sae.log_threshold.grad <= 0).all() and (sae.log_threshold.grad < 0).any()

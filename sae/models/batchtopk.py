@@ -11,13 +11,14 @@ import torch
 from torch import Tensor
 
 from sae.config import SAEConfig
-from sae.models.base import SparseAutoencoder
+from sae.models.base import SparseAutoencoder, StepContext
+from sae.models.topk import topk_per_row
 
 
-def batch_topk(pre: Tensor, k: int) -> Tensor:
+def batch_topk(pre: Tensor, k: float) -> Tensor:
     acts = pre.relu()
     flat = acts.flatten()
-    n_keep = min(k * pre.shape[0], flat.numel())
+    n_keep = min(int(k * pre.shape[0]), flat.numel())
     values, indices = flat.topk(n_keep, sorted=False)
     return torch.zeros_like(flat).scatter_(0, indices, values).view_as(pre)
 
@@ -31,7 +32,9 @@ class BatchTopKSAE(SparseAutoencoder):
         # NaN until fitted: until then inference falls back to batch-level top-k.
         self.register_buffer("threshold", torch.tensor(float("nan")))
 
-    def train_activation(self, pre: Tensor) -> Tensor:
+    def train_activation(self, pre: Tensor, ctx: StepContext) -> Tensor:
+        if ctx.progress < self.cfg.warm_start_frac:
+            return topk_per_row(pre, self.cfg.warm_k())
         return batch_topk(pre, self.cfg.k)
 
     def activation(self, pre: Tensor) -> Tensor:

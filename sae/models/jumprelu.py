@@ -63,7 +63,7 @@ class JumpReLUSAE(SparseAutoencoder):
     def activation(self, pre: Tensor) -> Tensor:
         return pre.relu() * (pre > self.threshold)
 
-    def train_activation(self, pre: Tensor) -> Tensor:
+    def train_activation(self, pre: Tensor, ctx: StepContext) -> Tensor:
         return _JumpReLU.apply(pre, self.threshold, self.cfg.jumprelu_bandwidth)
 
     def sparsity_loss(self, pre: Tensor, latents: Tensor, ctx: StepContext) -> Tensor:

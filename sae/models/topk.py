@@ -16,7 +16,7 @@ class TopKSAE(SparseAutoencoder):
     saelens_arch = "topk"
 
     def activation(self, pre: Tensor) -> Tensor:
-        return topk_per_row(pre, self.cfg.k)
+        return topk_per_row(pre, int(self.cfg.k))
 
     def saelens_cfg(self) -> dict[str, object]:
-        return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
+        return {"k": int(self.cfg.k), "rescale_acts_by_decoder_norm": False}

@@ -179,7 +179,7 @@ class Trainer:
                 x = self._prepare(next(stream))
                 out = self._train_step(x)
                 self.step += 1
-                if self.step in self.resample_steps and self.cfg.sae.remedy() == "resample":
+                if self.step in self.resample_steps and "resample" in self.cfg.sae.remedy():
                     self._resample_dead()
                 self.seconds += time.perf_counter() - started
                 if self.step % lc.log_every_steps == 0 or self.step == self.total_steps:
@@ -203,6 +203,7 @@ class Trainer:
         warmup = self.cfg.sae.sparsity_warmup_frac * self.total_steps
         ctx = StepContext(
             sparsity_scale=min(1.0, (self.step + 1) / warmup) if warmup > 0 else 1.0,
+            progress=self.step / self.total_steps,
             dead_mask=self.samples_since_fired >= self.tc.dead_window_samples,
         )
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.tc.precision == "bf16"):
@@ -252,23 +253,28 @@ class Trainer:
 
     @torch.no_grad()
     def _resample_dead(self) -> None:
-        """Towards Monosemanticity's resampling for relu/gated SAEs.
+        """Re-point dead latents at what the SAE currently fails to reconstruct.
 
-        Dead latents are re-pointed at inputs the SAE reconstructs badly (drawn with
-        probability proportional to squared loss); their encoder rows get 0.2x the mean alive
-        encoder norm, their biases zero, and their Adam moments are reset.
+        As in Towards Monosemanticity, rows are drawn with probability proportional to their
+        squared loss; unlike it, a dead latent takes the direction of the drawn row's
+        residual x - recon (for a missed feature, that residual is the feature itself), and
+        its encoder row gets `resample_encoder_scale` times the mean alive encoder norm, so
+        it can win against alive latents in a top-k. Biases and Adam moments are reset.
         """
         dead = (self.samples_since_fired >= self.tc.dead_window_samples).nonzero().flatten()
         if dead.numel() == 0:
             return
         n_batches = max(1, self.tc.resample_sample_rows // self.batch_size)
         x = torch.cat(self.fresh_batches(n_batches, f"resample-{self.step}"))
-        losses = (x - self.sae(x).recon).pow(2).sum(-1)
-        weights = losses.pow(2).cpu().double()
+        residual = x - self.sae(x).recon
+        weights = residual.pow(2).sum(-1).pow(2).cpu().double()
         if float(weights.sum()) <= 0:
             return
-        picks = torch.multinomial(weights, dead.numel(), replacement=True, generator=self.generator)
-        directions = x[picks.to(x.device)] - self.sae.b_dec
+        distinct = int(weights.count_nonzero()) >= dead.numel()  # prefer distinct rows
+        picks = torch.multinomial(
+            weights, dead.numel(), replacement=not distinct, generator=self.generator
+        )
+        directions = residual[picks.to(x.device)]
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
         alive = torch.ones(self.sae.d_sae, dtype=torch.bool, device=self.device)
         alive[dead] = False
@@ -278,7 +284,7 @@ class Trainer:
             dec_norm = 1.0
         self._reset_latents(dead)
         self.sae.W_dec[dead] = directions * dec_norm
-        self.sae.W_enc[:, dead] = (directions * 0.2 * enc_norm).T
+        self.sae.W_enc[:, dead] = (directions * self.tc.resample_encoder_scale * enc_norm).T
         self.samples_since_fired[dead] = 0
 
     def _reset_latents(self, latents: Tensor) -> None:
