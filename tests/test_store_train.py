@@ -92,7 +92,9 @@ def _weights(out: Path) -> dict:
 
 
 def test_training_resumed_mid_epoch_ends_with_identical_weights(synthetic_store, tmp_path) -> None:
-    cfg = validate_tree(_store_tree(synthetic_store, samples=25_000, checkpoint_every_steps=10))
+    cfg = validate_tree(
+        _store_tree(synthetic_store, samples=25_000, batch_size=512, checkpoint_every_steps=10)
+    )
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     straight.mkdir()
     resumed.mkdir()
