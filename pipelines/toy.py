@@ -14,15 +14,18 @@ from typing import Any
 from sae.config import Config, to_dict
 from sae.errors import ConfigError
 from sae.evaluation.ground_truth import evaluate_ground_truth
+from sae.evaluation.reconstruction import evaluate_reconstruction
 from sae.io import atomic_write_json
 from sae.models import SparseAutoencoder, build_sae
 from sae.publish.saelens import save_saelens
 from sae.seeding import derive_seed
 from sae.sources import build_source
-from sae.sources.base import GroundTruthSource
+from sae.sources.base import ActivationSource, GroundTruthSource
 from sae.tables import format_table
 from sae.training.trainer import Trainer
 
+# keys of a source's metadata() that SAELens's cfg.json metadata shares
+SAELENS_METADATA = ("hook_name", "model_name", "dataset_path", "context_size")
 SUMMARY_COLUMNS = (
     "arch", "mcc", "f1", "precision", "recall", "frac_recovered_90", "l0", "true_l0",
     "explained_variance", "dead_latents", "seconds",
@@ -41,17 +44,26 @@ def build_ground_truth(cfg: Config) -> GroundTruthSource:
 
 
 def train_and_evaluate(
-    cfg: Config, source: GroundTruthSource, out_dir: Path, sae: SparseAutoencoder | None = None
+    cfg: Config,
+    source: ActivationSource,
+    out_dir: Path,
+    sae: SparseAutoencoder | None = None,
+    ground_truth: GroundTruthSource | None = None,
 ) -> dict[str, Any]:
+    """Train on `source`; evaluate against `ground_truth` (by default the source itself when it
+    has known features), else by reconstruction on further batches of the source."""
     sae = sae or build_sae(cfg.sae, source.d_in, cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, sae, source, out_dir)
     trainer.fit()
-    return _evaluate_and_export(cfg, source, trainer, sae, out_dir)
+    return _evaluate_and_export(cfg, source, trainer, sae, out_dir, ground_truth=ground_truth)
 
 
 def train_and_evaluate_many(
-    cfg: Config, source: GroundTruthSource, out_dir: Path
+    cfg: Config,
+    source: ActivationSource,
+    out_dir: Path,
+    ground_truth: GroundTruthSource | None = None,
 ) -> list[dict[str, Any]]:
     """The SAEs of a `saes:` config, trained together on shared batches; each one's results
     go to out_dir/<name>/, the shared checkpoint and training log to out_dir."""
@@ -62,41 +74,70 @@ def train_and_evaluate_many(
     results = []
     for name, sae in saes.items():
         (out_dir / name).mkdir(exist_ok=True)
-        result = _evaluate_and_export(cfg, source, trainer, sae, out_dir / name, name)
+        result = _evaluate_and_export(
+            cfg, source, trainer, sae, out_dir / name, name, ground_truth=ground_truth
+        )
         results.append({"name": name, **result})
     return results
 
 
 def _evaluate_and_export(
     cfg: Config,
-    source: GroundTruthSource,
+    source: ActivationSource,
     trainer: Trainer,
     sae: SparseAutoencoder,
     out_dir: Path,
     name: str | None = None,
+    ground_truth: GroundTruthSource | None = None,
 ) -> dict[str, Any]:
+    if ground_truth is None and isinstance(source, GroundTruthSource):
+        ground_truth = source
     summary = trainer.summary(name)
     sae.fit_inference(trainer.fresh_batches(cfg.eval.threshold_batches, "inference-fit", name))
-    metrics = evaluate_ground_truth(
-        sae,
-        source,
-        samples=cfg.eval.samples,
-        batch_size=cfg.eval.batch_size,
-        seed=derive_seed(cfg.seed, "eval"),
-        input_scale=summary.input_scale,
+    if ground_truth is not None:
+        metrics = evaluate_ground_truth(
+            sae,
+            ground_truth,
+            samples=cfg.eval.samples,
+            batch_size=cfg.eval.batch_size,
+            seed=derive_seed(cfg.seed, "eval"),
+            input_scale=summary.input_scale,
+        ).to_dict()
+    else:
+        metrics = _evaluate_on_source(cfg, sae, source, summary.input_scale)
+    description = source.metadata()
+    save_saelens(
+        sae, summary.input_scale, out_dir / "sae", metadata=_saelens_metadata(cfg, description)
     )
-    save_saelens(sae, summary.input_scale, out_dir / "sae", metadata={"source": cfg.data.kind})
     result = {
-        **metrics.to_dict(),
+        **metrics,
         "arch": sae.cfg.arch,
         "seconds": summary.seconds,
         "samples": summary.samples,
         "samples_per_second": summary.samples_per_second,
-        "source": source.metadata(),
+        "source": description,
         "config": to_dict(cfg),
     }
     atomic_write_json(out_dir / "metrics.json", result)
     return result
+
+
+def _evaluate_on_source(
+    cfg: Config, sae: SparseAutoencoder, source: ActivationSource, input_scale: float
+) -> dict[str, Any]:
+    """No ground truth: reconstruction metrics on eval.samples rows drawn with another seed."""
+    stream = source.stream(cfg.eval.batch_size, derive_seed(cfg.seed, "eval"))
+    try:
+        batches = (next(stream) for _ in range(-(-cfg.eval.samples // cfg.eval.batch_size)))
+        return evaluate_reconstruction(sae, batches, input_scale)
+    finally:
+        stream.close()
+
+
+def _saelens_metadata(cfg: Config, description: dict[str, Any]) -> dict[str, Any]:
+    """SAELens's metadata keys, from what the source says about itself."""
+    found = {k: description[k] for k in SAELENS_METADATA if description.get(k) is not None}
+    return {"source": cfg.data.kind, **found}
 
 
 def run_toy(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:

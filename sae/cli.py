@@ -38,6 +38,8 @@ def _check_out_dir(path: Path) -> None:
     parent = path
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {path}: {parent} is not a directory")
     if not os.access(parent, os.W_OK):
         raise UserError(f"--out {path}: directory {parent} is not writable")
 
@@ -56,6 +58,77 @@ def _toy(args: argparse.Namespace) -> None:
     from pipelines.toy import run_toy
 
     run_toy(cfg, args.out)
+
+
+def _harvest(args: argparse.Namespace) -> None:
+    from sae.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    _check_out_dir(args.out)
+    from pipelines.harvest import check_harvest, run_harvest
+
+    check_harvest(cfg, args.out)
+    run_harvest(cfg, args.out)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from sae.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    _check_out_dir(args.out)
+    if cfg.data.store is not None:
+        from sae.store.format import load_manifest
+
+        load_manifest(cfg.data.store)
+    from pipelines.train import run_train
+
+    run_train(cfg, args.out)
+
+
+def _store_verify(args: argparse.Namespace) -> int:
+    from sae.store.verify import verify_store
+
+    manifest, bad = verify_store(args.store)
+    for shard in bad:
+        print(f"bad shard {args.store / shard.file}: {shard.reason}")
+    if bad:
+        print(f"{len(bad)} of {len(manifest.shards)} shards are bad", file=sys.stderr)
+        return 1
+    print(f"ok: {len(manifest.shards)} shards, {manifest.rows} rows verified")
+    return 0
+
+
+def _store_info(args: argparse.Namespace) -> None:
+    from sae.store.format import load_manifest
+    from sae.store.verify import describe_store
+
+    print(describe_store(args.store, load_manifest(args.store)))
+
+
+def _store_export(args: argparse.Namespace) -> None:
+    from sae.store.format import load_manifest
+
+    load_manifest(args.store)
+    _check_out_dir(args.to_saelens)
+    from sae.store.saelens_cache import export_saelens
+
+    export_saelens(args.store, args.to_saelens, hooks=args.hook, context_size=args.context_size)
+
+
+def _store_import(args: argparse.Namespace) -> None:
+    _check_out_dir(args.out)
+    from sae.store.saelens_cache import import_saelens
+
+    import_saelens(args.path, args.out, shard_rows=args.shard_rows, dtype=args.dtype)
+
+
+def _bench_store(args: argparse.Namespace) -> None:
+    from sae.store.format import load_manifest
+
+    load_manifest(args.store)
+    from pipelines.bench_store import run_bench_store
+
+    run_bench_store(args.store, args.batch_size, args.hook, args.repeats)
 
 
 def _bench_toy(args: argparse.Namespace) -> None:
@@ -128,6 +201,35 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(toy)
     toy.set_defaults(handler=_toy)
 
+    harvest = sub.add_parser("harvest", help="write a source's activations to a sharded store")
+    _config_args(harvest)
+    harvest.set_defaults(handler=_harvest)
+
+    train = sub.add_parser("train", help="train an SAE on a store (data.store) or a toy source")
+    _config_args(train)
+    train.set_defaults(handler=_train)
+
+    store = sub.add_parser("store", help="inspect, verify, export and import activation stores")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    verify = store_sub.add_parser("verify", help="re-hash every shard; exit 1 if any is bad")
+    verify.add_argument("store", type=Path, help="store directory")
+    verify.set_defaults(handler=_store_verify)
+    info = store_sub.add_parser("info", help="rows, size, dtype, hooks and shards of a store")
+    info.add_argument("store", type=Path, help="store directory")
+    info.set_defaults(handler=_store_info)
+    export = store_sub.add_parser("export", help="write SAELens's cached-activations format")
+    export.add_argument("store", type=Path, help="store directory")
+    export.add_argument("--to-saelens", type=Path, required=True, metavar="PATH")
+    export.add_argument("--hook", action="append", default=None, help="hook(s) to export (all)")
+    export.add_argument("--context-size", type=int, default=None, help="rows per sequence")
+    export.set_defaults(handler=_store_export)
+    imp = store_sub.add_parser("import", help="read SAELens's cached-activations format")
+    imp.add_argument("path", type=Path, help="SAELens cached activations (datasets folder)")
+    imp.add_argument("--out", type=Path, required=True, help="store directory to write")
+    imp.add_argument("--shard-rows", type=int, default=65_536)
+    imp.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None)
+    imp.set_defaults(handler=_store_import)
+
     bench = sub.add_parser("bench", help="benchmarks that print side-by-side figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     bench_toy = bench_sub.add_parser("toy", help="ours vs SAELens's trainer, same data and time")
@@ -160,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     multi.add_argument("--steps", type=int, default=25, help="training steps of each run")
     multi.add_argument("--point", default="128x1024x4096", help="shape DxMxB")
     multi.set_defaults(handler=_bench_multi)
+
+    bench_store = bench_sub.add_parser("store", help="store read GB/s next to a numpy memmap")
+    bench_store.add_argument("store", type=Path, help="store directory")
+    bench_store.add_argument("--batch-size", type=int, default=4096)
+    bench_store.add_argument("--hook", default=None)
+    bench_store.add_argument("--repeats", type=int, default=3)
+    bench_store.set_defaults(handler=_bench_store)
     return parser
 
 

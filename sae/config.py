@@ -166,8 +166,15 @@ class DataConfig(Section):
 
     toy: ToyModelConfig | None = None
     synthetic: SyntheticConfig | None = None
-    store: Path | None = None  # a sharded activation store directory
+    store: Path | None = None  # a sharded activation store directory (`sae harvest`)
     lm: LMConfig | None = None  # a language model, read live
+    # store only: the hook to train on (needed when the store holds several)
+    hook: str | None = None
+    # store only: False reads rows in stored order; True a seeded block shuffle per epoch
+    shuffle: bool = True
+    # store only: rows read ahead of training in whole batches (at least one); with the batch
+    # in use this bounds the reader's memory, whatever the store's size
+    buffer_rows: int = Field(8192, ge=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -181,6 +188,18 @@ class DataConfig(Section):
     @property
     def kind(self) -> str:
         return next(name for name in SOURCES if getattr(self, name))
+
+
+class HarvestConfig(Section):
+    """`sae harvest`: how the `data` source's activations are written to a store."""
+
+    rows: int = Field(1_000_000, ge=1)
+    shard_rows: int = Field(65_536, ge=1)  # rows per shard file (the commit unit)
+    batch_rows: int = Field(4096, ge=1)  # rows the source produces per step
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # rows per block, the unit of shuffling and of read-time hash checks; None: a power of two
+    # up to 256 rows and 256 KiB
+    block_rows: int | None = Field(None, ge=1)
 
 
 # ---------------------------------------------------------------------------- SAE
@@ -304,6 +323,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     logging: LoggingConfig = LoggingConfig()
+    harvest: HarvestConfig = HarvestConfig()
 
     @model_validator(mode="after")
     def _one_sae_section(self) -> Config:

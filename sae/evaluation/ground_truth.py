@@ -15,23 +15,13 @@ Definitions follow sae_lens.synthetic.evals (a test checks agreement to 1e-4):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Protocol
 
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from sae.evaluation.reconstruction import Dictionary, ReconstructionStats
 from sae.sources.base import GroundTruthSource
-
-
-class Dictionary(Protocol):
-    """Anything with encode/decode and a [d_sae, d_in] decoder: ours or a SAELens SAE."""
-
-    W_dec: Tensor
-
-    def encode(self, x: Tensor) -> Tensor: ...
-
-    def decode(self, latents: Tensor) -> Tensor: ...
 
 
 def cosines(latent_dirs: Tensor, true_dirs: Tensor) -> Tensor:
@@ -78,39 +68,25 @@ class GroundTruthMetrics:
         return asdict(self)
 
 
-class _Streaming:
+class _Streaming(ReconstructionStats):
     """Sums over eval batches for the activation-dependent metrics."""
 
     def __init__(self, best_match: Tensor, d_sae: int):
+        super().__init__(d_sae)
         self.best_match = best_match
         self.tp = torch.zeros(d_sae, dtype=torch.float64)
         self.fp = torch.zeros(d_sae, dtype=torch.float64)
         self.fn = torch.zeros(d_sae, dtype=torch.float64)
-        self.fired = torch.zeros(d_sae, dtype=torch.bool)
-        self.rows = self.l0 = self.true_l0 = 0.0
-        self.sum_x: Tensor | None = None
-        self.sq_norm = self.sq_residual = self.shrink = 0.0
-        self.shrink_rows = 0
+        self.true_l0 = 0.0
 
     def add(self, x: Tensor, recon: Tensor, latents: Tensor, features: Tensor) -> None:
-        x, recon = x.double(), recon.double()
+        super().add(x, recon, latents)
         fires = latents != 0
         truth = features[:, self.best_match] > 0
         self.tp += (fires & truth).sum(0)
         self.fp += (fires & ~truth).sum(0)
         self.fn += (~fires & truth).sum(0)
-        self.fired |= fires.any(0)
-        self.rows += x.shape[0]
-        self.l0 += float(fires.sum())
         self.true_l0 += float((features != 0).sum())
-        batch_sum = x.sum(0)
-        self.sum_x = batch_sum if self.sum_x is None else self.sum_x + batch_sum
-        self.sq_norm += float(x.pow(2).sum())
-        self.sq_residual += float((x - recon).pow(2).sum())
-        norms = x.norm(dim=-1)
-        valid = norms > 1e-6
-        self.shrink += float((recon.norm(dim=-1)[valid] / norms[valid]).sum())
-        self.shrink_rows += int(valid.sum())
 
     def classification(self) -> tuple[float, float, float]:
         def ratio(num: Tensor, den: Tensor) -> Tensor:
@@ -120,11 +96,6 @@ class _Streaming:
         recall = ratio(self.tp, self.tp + self.fn)
         f1 = ratio(2 * precision * recall, precision + recall)
         return float(precision.mean()), float(recall.mean()), float(f1.mean())
-
-    def explained_variance(self) -> float:
-        assert self.sum_x is not None
-        variance = self.sq_norm / self.rows - float((self.sum_x / self.rows).pow(2).sum())
-        return 1.0 - (self.sq_residual / self.rows) / variance
 
 
 @torch.no_grad()
@@ -162,9 +133,6 @@ def evaluate_ground_truth(
         precision=precision,
         recall=recall,
         f1=f1,
-        l0=stats.l0 / stats.rows,
         true_l0=stats.true_l0 / stats.rows,
-        explained_variance=stats.explained_variance(),
-        dead_latents=int((~stats.fired).sum()),
-        shrinkage=stats.shrink / max(stats.shrink_rows, 1),
+        **stats.summary(),
     )

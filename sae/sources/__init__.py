@@ -13,6 +13,10 @@ def build_source(data: DataConfig, seed: int) -> ActivationSource:
         from sae.sources.synthetic import SyntheticSource
 
         return SyntheticSource(data.synthetic, seed)
+    if data.store is not None:
+        from sae.sources.store import StoreSource
+
+        return StoreSource(data)
     if data.lm is not None:
         from sae.sources.lm import LMSource
 

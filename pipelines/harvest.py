@@ -1,0 +1,94 @@
+"""`sae harvest`: an activation source's rows -> a sharded store on disk.
+
+Running the same command again after an interruption continues from the last committed shard;
+on a finished store it does nothing. The result is the same, byte for byte, either way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from sae.config import Config, to_dict
+from sae.errors import ConfigError
+from sae.seeding import derive_seed
+from sae.sources import build_source
+from sae.sources.base import ActivationSource, GroundTruthSource
+from sae.store.format import Manifest
+from sae.store.writer import existing_store, harvest_rows, open_writer
+
+
+def source_identity(cfg: Config) -> dict[str, Any]:
+    """What must match for a harvest to continue a store: the source's config and seed."""
+    kind = cfg.data.kind
+    if kind == "store":
+        raise ConfigError("sae harvest needs an activation source in data (not data.store)")
+    return {"kind": kind, "seed": cfg.seed, "data": {kind: to_dict(cfg.data)[kind]}}
+
+
+def describe_source(source: ActivationSource) -> dict[str, Any]:
+    """Manifest fields learnt from the built source: model, dataset, its own statistics."""
+    metadata = source.metadata()  # keys as in SAELens's metadata where they exist
+    description = {
+        "model": metadata.get("model_name", metadata.get("kind")),
+        "dataset": metadata.get("dataset_path"),
+        "context_size": metadata.get("context_size"),
+        "metadata": metadata,
+    }
+    if isinstance(source, GroundTruthSource):
+        from sae.sources.store import feature_hash
+
+        description["feature_hash"] = feature_hash(source)
+    return description
+
+
+def harvest_settings(cfg: Config) -> dict[str, Any]:
+    return to_dict(cfg.harvest)
+
+
+def check_harvest(cfg: Config, out_dir: Path) -> Manifest | None:
+    """Validate before any heavy work: the existing store, if any, must be this harvest's."""
+    return existing_store(out_dir, source_identity(cfg), harvest_settings(cfg))
+
+
+def run_harvest(cfg: Config, out_dir: Path) -> Manifest:
+    existing = check_harvest(cfg, out_dir)
+    if existing is not None and existing.complete:
+        print(f"{out_dir}: store already complete ({existing.rows} rows); nothing to do")
+        return existing
+    hc = cfg.harvest
+    try:
+        source = build_source(cfg.data, cfg.seed)
+    except ValueError as error:  # sae_lens validates its own parameters
+        raise ConfigError(f"data.{cfg.data.kind}: {error}") from None
+    with open_writer(
+        out_dir, source_identity(cfg), harvest_settings(cfg), hc.dtype, hc.block_rows
+    ) as writer:
+        writer.describe(describe_source(source))
+        bar = tqdm(
+            total=hc.rows,
+            initial=writer.rows,
+            disable=None if cfg.logging.progress else True,
+            desc="harvest",
+            unit="row",
+            unit_scale=True,
+            dynamic_ncols=True,
+        )
+        stream = source.harvest_stream(hc.batch_rows, derive_seed(cfg.seed, "harvest"))
+        try:
+            manifest = harvest_rows(
+                writer, stream, hc.rows, hc.shard_rows, on_commit=lambda rows: bar.update(rows - bar.n)
+            )
+        finally:
+            stream.close()
+            bar.close()
+    if manifest.rows < hc.rows:
+        print(f"the source ended after {manifest.rows} rows (harvest.rows is {hc.rows})")
+    print(
+        f"{out_dir}: {manifest.rows} rows in {len(manifest.shards)} shards "
+        f"({manifest.bytes / 1e9:.3f} GB, {manifest.dtype}), hooks "
+        + ", ".join(f"{h} [{d}]" for h, d in manifest.hooks.items())
+    )
+    return manifest
