@@ -21,6 +21,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from sae.evaluation.reconstruction import ReconstructionStats
 from sae.sources.base import GroundTruthSource
 
 
@@ -58,6 +59,27 @@ def uniqueness(cos: Tensor) -> float:
     return len(cos.abs().argmax(dim=1).unique()) / cos.shape[0]
 
 
+def recovery_profile(latent_dirs: Tensor, true_dirs: Tensor, chunk: int = 1024) -> dict:
+    """Best |cos| of each true feature over the latents and of each latent over the true
+    features, sorted high to low: the curves behind frac_recovered_* and uniqueness. Computed
+    a block of latents at a time so wide dictionaries never hold the whole cosine matrix."""
+    per_feature = torch.zeros(true_dirs.shape[0])
+    per_latent = []
+    for start in range(0, latent_dirs.shape[0], chunk):
+        block = cosines(latent_dirs[start : start + chunk].float().cpu(), true_dirs.float().cpu())
+        block = block.abs()
+        per_feature = torch.maximum(per_feature, block.max(dim=0).values)
+        per_latent.append(block.max(dim=1).values)
+
+    def curve(values: Tensor) -> list[float]:
+        return [round(float(v), 4) for v in values.sort(descending=True).values]
+
+    return {
+        "best_cos_per_feature": curve(per_feature),
+        "best_cos_per_latent": curve(torch.cat(per_latent)),
+    }
+
+
 @dataclass
 class GroundTruthMetrics:
     mcc: float
@@ -86,10 +108,9 @@ class _Streaming:
         self.tp = torch.zeros(d_sae, dtype=torch.float64)
         self.fp = torch.zeros(d_sae, dtype=torch.float64)
         self.fn = torch.zeros(d_sae, dtype=torch.float64)
-        self.fired = torch.zeros(d_sae, dtype=torch.bool)
-        self.rows = self.l0 = self.true_l0 = 0.0
-        self.sum_x: Tensor | None = None
-        self.sq_norm = self.sq_residual = self.shrink = 0.0
+        self.reconstruction = ReconstructionStats(d_sae)
+        self.true_l0 = 0.0
+        self.shrink = 0.0
         self.shrink_rows = 0
 
     def add(self, x: Tensor, recon: Tensor, latents: Tensor, features: Tensor) -> None:
@@ -99,14 +120,8 @@ class _Streaming:
         self.tp += (fires & truth).sum(0)
         self.fp += (fires & ~truth).sum(0)
         self.fn += (~fires & truth).sum(0)
-        self.fired |= fires.any(0)
-        self.rows += x.shape[0]
-        self.l0 += float(fires.sum())
+        self.reconstruction.add(x, recon, latents)
         self.true_l0 += float((features != 0).sum())
-        batch_sum = x.sum(0)
-        self.sum_x = batch_sum if self.sum_x is None else self.sum_x + batch_sum
-        self.sq_norm += float(x.pow(2).sum())
-        self.sq_residual += float((x - recon).pow(2).sum())
         norms = x.norm(dim=-1)
         valid = norms > 1e-6
         self.shrink += float((recon.norm(dim=-1)[valid] / norms[valid]).sum())
@@ -120,11 +135,6 @@ class _Streaming:
         recall = ratio(self.tp, self.tp + self.fn)
         f1 = ratio(2 * precision * recall, precision + recall)
         return float(precision.mean()), float(recall.mean()), float(f1.mean())
-
-    def explained_variance(self) -> float:
-        assert self.sum_x is not None
-        variance = self.sq_norm / self.rows - float((self.sum_x / self.rows).pow(2).sum())
-        return 1.0 - (self.sq_residual / self.rows) / variance
 
 
 @torch.no_grad()
@@ -162,9 +172,9 @@ def evaluate_ground_truth(
         precision=precision,
         recall=recall,
         f1=f1,
-        l0=stats.l0 / stats.rows,
-        true_l0=stats.true_l0 / stats.rows,
-        explained_variance=stats.explained_variance(),
-        dead_latents=int((~stats.fired).sum()),
+        l0=stats.reconstruction.l0(),
+        true_l0=stats.true_l0 / stats.reconstruction.rows,
+        explained_variance=stats.reconstruction.explained_variance(),
+        dead_latents=stats.reconstruction.dead_latents(),
         shrinkage=stats.shrink / max(stats.shrink_rows, 1),
     )
