@@ -1,7 +1,8 @@
 """`sae toy`: ground-truth source -> train -> evaluate against the true features -> SAELens folder.
 
 Writes DIR/metrics.json (every ground-truth metric, timing, the resolved config, the source's
-own statistics), DIR/sae/ (SAELens format), DIR/metrics.jsonl and DIR/checkpoint.safetensors.
+own statistics), DIR/sae/ (SAELens format), DIR/metrics.jsonl, DIR/checkpoint.safetensors,
+DIR/recovery.json (each true feature's and latent's best match) and DIR/report.html.
 Running the same command again after an interruption resumes from the checkpoint.
 """
 
@@ -12,10 +13,11 @@ from typing import Any
 
 from sae.config import Config, to_dict
 from sae.errors import ConfigError
-from sae.evaluation.ground_truth import evaluate_ground_truth
+from sae.evaluation.ground_truth import evaluate_ground_truth, recovery_profile
 from sae.io import atomic_write_json
 from sae.models import SparseAutoencoder, build_sae
 from sae.publish.saelens import save_saelens
+from sae.report import RECOVERY, build_report
 from sae.seeding import derive_seed
 from sae.sources import build_source
 from sae.sources.base import GroundTruthSource
@@ -66,6 +68,9 @@ def train_and_evaluate(
         "config": to_dict(cfg),
     }
     atomic_write_json(out_dir / "metrics.json", result)
+    recovery = recovery_profile(sae.W_dec.detach(), source.feature_vectors)
+    atomic_write_json(out_dir / RECOVERY, recovery)
+    build_report(out_dir)
     return result
 
 

@@ -67,6 +67,13 @@ def _bench_toy(args: argparse.Namespace) -> None:
     run_compare(cfg, out_json=args.json)
 
 
+def _report(args: argparse.Namespace) -> None:
+    from sae.report import build_report
+
+    path = build_report(args.run_dir)
+    print(f"wrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sae", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     toy = sub.add_parser("toy", help="train and evaluate an SAE on ground-truth toy data")
     _config_args(toy)
     toy.set_defaults(handler=_toy)
+
+    report = sub.add_parser("report", help="(re)build DIR/report.html from a finished run")
+    report.add_argument("run_dir", type=Path, metavar="DIR", help="a run directory")
+    report.set_defaults(handler=_report)
 
     bench = sub.add_parser("bench", help="benchmarks that print side-by-side figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
