@@ -178,3 +178,12 @@ def test_sae_report_names_a_bad_run_directory_in_one_line(
     err = capsys.readouterr().err
     assert err.startswith("sae: error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / REPORT).exists()
+
+
+@pytest.mark.parametrize("log_y", [False, True])
+def test_chart_ticks_stay_distinct_on_a_nearly_flat_series(log_y: bool) -> None:
+    from sae.report.svg import Series, line_chart
+
+    svg = line_chart("l0", [Series("l0", [1, 2, 3], [31.999, 32.0, 32.0])], log_y=log_y)
+    labels = re.findall(r'text-anchor="end">([^<]*)</text>', svg)
+    assert len(labels) >= 3 and len(set(labels)) == len(labels)

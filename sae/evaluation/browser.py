@@ -143,8 +143,9 @@ def _histogram(values: Tensor, bins: int) -> dict[str, list]:
     return {"edges": [_round(e) for e in edges.tolist()], "counts": [int(c) for c in counts]}
 
 
-def _token_ranking(effects: Tensor, k: int, text: _TokenText) -> list[list]:
-    values, tokens = effects.topk(min(k, effects.numel()))
+def _token_ranking(effects: Tensor, k: int, text: _TokenText, largest: bool) -> list[list]:
+    """[[token text, logit effect], ...]: the k most promoted (largest) or suppressed tokens."""
+    values, tokens = effects.topk(min(k, effects.numel()), largest=largest)
     return [[text.one(t), _round(v)] for t, v in zip(tokens.tolist(), values.tolist(), strict=True)]
 
 
@@ -182,17 +183,14 @@ def build_feature_browser(
             name, detection = pick.label
             entry["label"] = {"indicator": name, **detection.to_dict()}
         if effects is not None:
-            entry["promoted"] = _token_ranking(effects[j], cfg.promoted_tokens, text)
-            entry["suppressed"] = _token_ranking(-effects[j], cfg.promoted_tokens, text)
-            entry["suppressed"] = [[t, -v] for t, v in entry["suppressed"]]
+            entry["promoted"] = _token_ranking(effects[j], cfg.promoted_tokens, text, True)
+            entry["suppressed"] = _token_ranking(effects[j], cfg.promoted_tokens, text, False)
         entries.append(entry)
     return {
         "model": source.model.name,
         "hook": hook,
         "eval_split": windows.split,
         "eval_windows": int(windows.tokens.shape[0]),
-        "promoted_tokens": None
-        if effects is None
-        else "decoder row through the direct path to the logits",
+        "promoted_tokens": effects is not None,  # False: the hook has no direct path to logits
         "latents": entries,
     }

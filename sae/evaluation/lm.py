@@ -27,6 +27,7 @@ output is divided by s, which is what the exported (folded) SAELens weights comp
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,6 +144,56 @@ def check_hook(sae: SparseAutoencoder, source: LMSource, hook: str) -> None:
         raise ConfigError(f"the SAE reads {sae.d_in} dims but hook '{hook}' has {width}")
 
 
+class _Batches:
+    """The three forward passes of each batch of windows, feeding the running statistics."""
+
+    def __init__(
+        self,
+        sae: SparseAutoencoder,
+        source: LMSource,
+        hook: str,
+        input_scale: float,
+        names: list[str],
+    ):
+        self.sae, self.model, self.hook, self.scale = sae, source.model, hook, input_scale
+        self.reconstruction = ReconstructionStats(sae.d_sae)
+        self.behaviour = BehaviourStats()
+        self.detectors = DetectorCounts(sae.d_sae, names) if names else None
+
+    def splice(self, rows: Tensor, truth: Tensor | None) -> Callable[[Tensor], Tensor]:
+        """The SAE's reconstruction at the scored rows; other positions pass through."""
+        device = self.sae.W_dec.device
+
+        def replace(activation: Tensor) -> Tensor:
+            x = activation.to(device, torch.float32)
+            mask = rows.to(device)
+            latents = self.sae.encode(x[mask] * self.scale)  # only the rows training saw
+            recon = self.sae.decode(latents) / self.scale
+            self.reconstruction.add(x[mask], recon, latents)
+            if self.detectors is not None and truth is not None:
+                self.detectors.add(latents != 0, truth[mask.cpu()])
+            return x.index_put((mask,), recon).to(activation.device)
+
+        return replace
+
+    def run(self, tokens: Tensor, valid: Tensor, rows: Tensor, truth: Tensor | None) -> None:
+        device = self.model.device
+        tokens, valid, rows = tokens.to(device), valid.to(device), rows.to(device)
+        ce_mask = rows[:, :-1] & valid[:, 1:]
+        behaviour = self.behaviour
+        behaviour.ce_positions += int(ce_mask.sum())
+        clean = self.model.logits(tokens)
+        behaviour.add_loss("clean", clean, tokens, ce_mask)
+        clean_logprobs = torch.log_softmax(clean.float(), dim=-1)
+        del clean  # vocabulary-wide logits are large; hold at most two at a time
+        spliced = self.model.logits(tokens, {self.hook: self.splice(rows, truth)})
+        behaviour.add_loss("sae", spliced, tokens, ce_mask)
+        behaviour.add_kl(clean_logprobs, spliced, rows)
+        del spliced, clean_logprobs
+        zeroed = self.model.logits(tokens, {self.hook: torch.zeros_like})
+        behaviour.add_loss("zero_ablation", zeroed, tokens, ce_mask)
+
+
 @torch.no_grad()
 def evaluate_lm(
     sae: SparseAutoencoder,
@@ -159,51 +210,26 @@ def evaluate_lm(
     evaluation so that they differ from training's.
     """
     check_hook(sae, source, hook)
-    model = source.model
     windows = read_eval_windows(source, cfg, seed)
     names, truth = _indicator_matrix(windows.labels)
-    reconstruction = ReconstructionStats(sae.d_sae)
-    behaviour = BehaviourStats()
-    detectors = DetectorCounts(sae.d_sae, names) if names else None
-    sae_device = sae.W_dec.device
+    batches = _Batches(sae, source, hook, input_scale, names)
+    step = source.cfg.batch_sequences
     was_training = sae.training
     sae.eval()
-    step = source.cfg.batch_sequences
-    for start in tqdm(
-        windows.batches(step), desc="evaluate", unit="batch", disable=None if progress else True
-    ):
-        tokens = windows.tokens[start : start + step]
-        valid = windows.valid[start : start + step].to(model.device)
-        rows = windows.rows[start : start + step].to(model.device)
-        batch_truth = None if truth is None else truth[start : start + step]
-
-        def splice(
-            activation: Tensor, rows: Tensor = rows, batch_truth: Tensor | None = batch_truth
-        ) -> Tensor:
-            x = activation.to(sae_device, torch.float32)
-            mask = rows.to(sae_device)
-            latents = sae.encode(x[mask] * input_scale)  # only the rows training saw
-            recon = sae.decode(latents) / input_scale
-            reconstruction.add(x[mask], recon, latents)
-            if detectors is not None and batch_truth is not None:
-                detectors.add(latents != 0, batch_truth[mask.cpu()])
-            return x.index_put((mask,), recon).to(activation.device)
-
-        tokens = tokens.to(model.device)
-        ce_mask = rows[:, :-1] & valid[:, 1:]
-        behaviour.ce_positions += int(ce_mask.sum())
-        clean_logits = model.logits(tokens)
-        behaviour.add_loss("clean", clean_logits, tokens, ce_mask)
-        clean_logprobs = torch.log_softmax(clean_logits.float(), dim=-1)
-        del clean_logits
-        spliced = model.logits(tokens, {hook: splice})
-        behaviour.add_loss("sae", spliced, tokens, ce_mask)
-        behaviour.add_kl(clean_logprobs, spliced, rows)
-        del spliced, clean_logprobs
-        zeroed = model.logits(tokens, {hook: torch.zeros_like})
-        behaviour.add_loss("zero_ablation", zeroed, tokens, ce_mask)
-        del zeroed
-    sae.train(was_training)
+    try:
+        for start in tqdm(
+            windows.batches(step), desc="evaluate", unit="batch", disable=None if progress else True
+        ):
+            part = slice(start, start + step)
+            batches.run(
+                windows.tokens[part],
+                windows.valid[part],
+                windows.rows[part],
+                None if truth is None else truth[part],
+            )
+    finally:
+        sae.train(was_training)
+    reconstruction, detectors = batches.reconstruction, batches.detectors
     if reconstruction.rows == 0:
         raise DataError("the evaluation windows hold no positions to score")
 
@@ -218,7 +244,7 @@ def evaluate_lm(
         "log10_density_histogram": log10_density_histogram(
             log10_density, reconstruction.fire_counts > 0, cfg.density_bins
         ),
-        **behaviour.metrics(),
+        **batches.behaviour.metrics(),
         "eval_tokens": reconstruction.rows,
         "eval_split": windows.split,
     }
@@ -228,12 +254,11 @@ def evaluate_lm(
         metrics["monosemanticity_mean_f1"] = mean_f1(detections)
 
     browser = None
-    if cfg.browser_latents > 0:
-        picks = choose_latents(
-            reconstruction.fire_counts, detections, cfg.browser_latents, seed, detectors
+    picks = choose_latents(
+        reconstruction.fire_counts, detections, cfg.browser_latents, seed, detectors
+    )
+    if picks:
+        browser = build_feature_browser(
+            sae, source, hook, windows, picks, cfg, input_scale, reconstruction
         )
-        if picks:
-            browser = build_feature_browser(
-                sae, source, hook, windows, picks, cfg, input_scale, reconstruction
-            )
     return LMEvaluation(metrics, log10_density, browser)

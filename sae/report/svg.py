@@ -24,12 +24,21 @@ class Series:
     y: Sequence[float | None]
 
 
-def fmt(value: float) -> str:
+def fmt(value: float, digits: int = 3) -> str:
     if value == 0:
         return "0"
     if abs(value) >= 1e4 or abs(value) < 1e-3:
-        return f"{value:.1e}".replace("e+0", "e").replace("e-0", "e-")
-    return f"{value:.3g}"
+        return f"{value:.{digits - 2}e}".replace("e+0", "e").replace("e-0", "e-")
+    return f"{value:.{digits}g}"
+
+
+def tick_labels(ticks: Sequence[float], label: Callable[[float, int], str]) -> list[str]:
+    """Labels with as few significant digits as keep neighbouring ticks apart."""
+    for digits in range(3, 10):
+        labels = [label(t, digits) for t in ticks]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
 
 
 def tag(name: str, text: str | None = None, **attrs: object) -> str:
@@ -80,22 +89,21 @@ class _Frame:
     def py(self, y: float) -> float:
         return BOTTOM - (y - self.y0) / (self.y1 - self.y0) * (BOTTOM - TOP)
 
-    def axes(self, x_label: str, y_label: str, y_tick: Callable[[float], str] = fmt) -> list[str]:
+    def axes(
+        self, x_label: str, y_label: str, y_tick: Callable[[float, int], str] = fmt
+    ) -> list[str]:
         parts = [
             tag("rect", x=LEFT, y=TOP, width=RIGHT - LEFT, height=BOTTOM - TOP, class_="plot-area")
         ]
-        for t in nice_ticks(self.y0, self.y1):
+        y_ticks = nice_ticks(self.y0, self.y1)
+        for t, text in zip(y_ticks, tick_labels(y_ticks, y_tick), strict=True):
             y = self.py(t)
             parts.append(tag("line", x1=LEFT, x2=RIGHT, y1=y, y2=y, class_="grid"))
-            parts.append(
-                tag("text", y_tick(t), x=LEFT - 6, y=y + 4, class_="tick", text_anchor="end")
-            )
-        for t in nice_ticks(self.x0, self.x1):
-            parts.append(
-                tag(
-                    "text", fmt(t), x=self.px(t), y=BOTTOM + 16, class_="tick", text_anchor="middle"
-                )
-            )
+            parts.append(tag("text", text, x=LEFT - 6, y=y + 4, class_="tick", text_anchor="end"))
+        x_ticks = nice_ticks(self.x0, self.x1)
+        for t, text in zip(x_ticks, tick_labels(x_ticks, fmt), strict=True):
+            x = self.px(t)
+            parts.append(tag("text", text, x=x, y=BOTTOM + 16, class_="tick", text_anchor="middle"))
         middle_x, middle_y = (LEFT + RIGHT) / 2, (TOP + BOTTOM) / 2
         parts.append(
             tag(
@@ -163,7 +171,7 @@ def line_chart(
     if not all_x:
         return _empty(title, "line-chart")
     frame = _Frame((min(all_x), max(all_x)), (min(all_y), max(all_y)))
-    parts = frame.axes(x_label, y_label, y_tick=(lambda t: fmt(10**t)) if log_y else fmt)
+    parts = frame.axes(x_label, y_label, y_tick=(lambda t, d: fmt(10**t, d)) if log_y else fmt)
     for y, label in guides:
         py = frame.py(y)
         parts.append(tag("line", x1=LEFT, x2=RIGHT, y1=py, y2=py, class_="hline"))
