@@ -1,9 +1,10 @@
 """`sae toy`: ground-truth source -> train -> evaluate against the true features -> SAELens folder.
 
 Writes DIR/metrics.json (every ground-truth metric, timing, the resolved config, the source's
-own statistics), DIR/sae/ (SAELens format), DIR/metrics.jsonl and DIR/checkpoint.safetensors.
-A `saes:` config trains its SAEs together and writes each one's metrics.json and sae/ to
-DIR/<name>/. Running the same command again after an interruption resumes from the checkpoint.
+own statistics), DIR/sae/ (SAELens format), DIR/metrics.jsonl, DIR/checkpoint.safetensors,
+DIR/recovery.json (each true feature's and latent's best match) and DIR/report.html.
+A `saes:` config trains its SAEs together and writes each one's metrics.json, sae/ and report
+to DIR/<name>/. Running the same command again after an interruption resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Any
 
 from sae.config import Config, to_dict
 from sae.errors import ConfigError
-from sae.evaluation.ground_truth import evaluate_ground_truth
+from sae.evaluation.ground_truth import evaluate_ground_truth, recovery_profile
 from sae.evaluation.reconstruction import evaluate_reconstruction
 from sae.io import atomic_write_json
 from sae.models import SparseAutoencoder, build_sae
 from sae.publish.saelens import save_saelens
+from sae.report import RECOVERY, build_report
 from sae.seeding import derive_seed
 from sae.sources import build_source
 from sae.sources.base import ActivationSource, GroundTruthSource
@@ -119,6 +121,10 @@ def _evaluate_and_export(
         "config": to_dict(cfg),
     }
     atomic_write_json(out_dir / "metrics.json", result)
+    if ground_truth is not None:
+        recovery = recovery_profile(sae.W_dec.detach(), ground_truth.feature_vectors)
+        atomic_write_json(out_dir / RECOVERY, recovery)
+    build_report(out_dir)
     return result
 
 

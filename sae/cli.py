@@ -192,6 +192,12 @@ def _check_out_file(path: Path) -> None:
     if not path.parent.exists():
         raise UserError(f"--json {path}: directory {path.parent} does not exist")
 
+def _report(args: argparse.Namespace) -> None:
+    from sae.report import build_report
+
+    path = build_report(args.run_dir)
+    print(f"wrote {path}")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sae", description=__doc__.splitlines()[0])
@@ -229,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--shard-rows", type=int, default=65_536)
     imp.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None)
     imp.set_defaults(handler=_store_import)
+
+    report = sub.add_parser("report", help="(re)build DIR/report.html from a finished run")
+    report.add_argument("run_dir", type=Path, metavar="DIR", help="a run directory")
+    report.set_defaults(handler=_report)
 
     bench = sub.add_parser("bench", help="benchmarks that print side-by-side figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

@@ -302,9 +302,23 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
+    # rows drawn from a ground-truth source; tokens read (whole context windows) from a
+    # language model, whose forward passes take data.lm.batch_sequences windows each
     samples: int = Field(100_000, ge=1)
     batch_size: int = Field(8192, ge=1)
     threshold_batches: int = Field(50, ge=1)  # batches used to fit the batchtopk threshold
+    # language models: the split evaluated on. None: "validation" for the generated language
+    # (documents no training corpus holds), else data.lm.dataset_split (local files have one)
+    dataset_split: str | None = None
+    dense_threshold: float = Field(0.1, gt=0, le=1)  # firing fraction that makes a latent dense
+    density_bins: int = Field(40, ge=1)  # log10 feature-density histogram
+    # feature browser (report.html): latents shown, top contexts each, tokens around the peak
+    browser_latents: int = Field(32, ge=0)
+    browser_contexts: int = Field(8, ge=1)
+    browser_tokens_before: int = Field(16, ge=0)
+    browser_tokens_after: int = Field(4, ge=0)
+    activation_bins: int = Field(30, ge=1)  # each browsed latent's activation histogram
+    promoted_tokens: int = Field(10, ge=1)  # top tokens through W_dec @ W_U
 
 
 class LoggingConfig(Section):

@@ -48,6 +48,27 @@ def uniqueness(cos: Tensor) -> float:
     return len(cos.abs().argmax(dim=1).unique()) / cos.shape[0]
 
 
+def recovery_profile(latent_dirs: Tensor, true_dirs: Tensor, chunk: int = 1024) -> dict:
+    """Best |cos| of each true feature over the latents and of each latent over the true
+    features, sorted high to low: the curves behind frac_recovered_* and uniqueness. Computed
+    a block of latents at a time so wide dictionaries never hold the whole cosine matrix."""
+    per_feature = torch.zeros(true_dirs.shape[0])
+    per_latent = []
+    for start in range(0, latent_dirs.shape[0], chunk):
+        block = cosines(latent_dirs[start : start + chunk].float().cpu(), true_dirs.float().cpu())
+        block = block.abs()
+        per_feature = torch.maximum(per_feature, block.max(dim=0).values)
+        per_latent.append(block.max(dim=1).values)
+
+    def curve(values: Tensor) -> list[float]:
+        return [round(float(v), 4) for v in values.sort(descending=True).values]
+
+    return {
+        "best_cos_per_feature": curve(per_feature),
+        "best_cos_per_latent": curve(torch.cat(per_latent)),
+    }
+
+
 @dataclass
 class GroundTruthMetrics:
     mcc: float

@@ -76,6 +76,13 @@ class LanguageModel(ABC):
                     f"unknown hook '{hook}' for model '{self.name}' (e.g. {_examples(known)})"
                 )
 
+    @abstractmethod
+    def logit_effects(self, hook: str, directions: Tensor) -> Tensor | None:
+        """[n, vocab]: the direct effect on the logits of adding each row of `directions`
+        ([n, d], the hook's flattened width) at `hook`, through the unembedding only (later
+        layers and the final norm are skipped, as feature dashboards do). None when the hook's
+        output does not reach the residual stream through a fixed linear map."""
+
     def hook_dims(self, hooks: Sequence[str]) -> dict[str, int]:
         """Width of each hook's flattened activation, from a two-token forward pass."""
         probe = torch.zeros(1, 2, dtype=torch.long, device=self.device)
@@ -104,6 +111,15 @@ def transformer_lens_stop_layer(hooks: Iterable[str]) -> int | None:
         elif not hook.startswith(("hook_embed", "hook_pos_embed", "hook_tokens")):
             return None
     return needed
+
+
+# Hooks that are (or are added to) the residual stream as they are.
+_RESIDUAL = re.compile(
+    r"^(hook_embed|hook_pos_embed|ln_final\.hook_normalized"
+    r"|blocks\.\d+\.hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out))$"
+)
+_ATTN_Z = re.compile(r"^blocks\.(\d+)\.attn\.hook_z$")
+_MLP_POST = re.compile(r"^blocks\.(\d+)\.mlp\.hook_post$")
 
 
 class TransformerLensModel(LanguageModel):
@@ -135,6 +151,21 @@ class TransformerLensModel(LanguageModel):
             for name, fn in (replacements or {}).items()
         ]
         return self.model.run_with_hooks(tokens.to(self.device), fwd_hooks=hooks)
+
+    @torch.no_grad()
+    def logit_effects(self, hook: str, directions: Tensor) -> Tensor | None:
+        model = self.model
+        dirs = directions.to(self.device, model.W_U.dtype)
+        if _RESIDUAL.match(hook):
+            residual = dirs
+        elif match := _ATTN_Z.match(hook):
+            W_O = model.blocks[int(match.group(1))].attn.W_O  # [heads, d_head, d_model]
+            residual = torch.einsum("nhd,hdm->nm", dirs.reshape(len(dirs), *W_O.shape[:2]), W_O)
+        elif match := _MLP_POST.match(hook):
+            residual = dirs @ model.blocks[int(match.group(1))].mlp.W_out
+        else:
+            return None
+        return (residual @ model.W_U).float().cpu()
 
 
 # ---------------------------------------------------------------------------- plain transformers
@@ -220,3 +251,13 @@ class HFModel(LanguageModel):
         finally:
             for handle in handles:
                 handle.remove()
+
+    @torch.no_grad()
+    def logit_effects(self, hook: str, directions: Tensor) -> Tensor | None:
+        # Module outputs as wide as the model read (or write) the residual stream: blocks,
+        # attention and MLP outputs. Anything narrower or wider has no direct path.
+        unembed = self.model.get_output_embeddings()
+        if unembed is None or directions.shape[-1] != unembed.weight.shape[1]:
+            return None
+        weight = unembed.weight
+        return (directions.to(weight.device, weight.dtype) @ weight.T).float().cpu()

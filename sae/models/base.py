@@ -136,6 +136,10 @@ class SparseAutoencoder(nn.Module):
         return self.select(pre, training=False).to_dense().apply_mask(self.pair_acts(pre, ALL))
 
     def encode(self, x: Tensor) -> Tensor:
+        """[..., d_in] -> [..., d_sae]: leading dims (batch, position) are rows."""
+        if x.dim() != 2:
+            rows = x.reshape(-1, x.shape[-1])
+            return self.encode(rows).reshape(*x.shape[:-1], self.d_sae)
         return self.activation(self.pre_acts(x))
 
     def decode(self, latents: Tensor) -> Tensor:

@@ -58,6 +58,14 @@ class LMSource(ActivationSource):
 
         return VARIABLES if self.cfg.dataset == GENERATED else ()
 
+    def row_mask(self, tokens: Tensor, valid: Tensor) -> Tensor:
+        """Which positions of windows [..., T] become rows: real tokens, minus the special
+        tokens when `exclude_special_tokens` is set. Evaluation scores the same positions."""
+        keep = valid.clone()
+        if self.excluded is not None:
+            keep &= ~torch.isin(tokens, self.excluded.to(tokens.device))
+        return keep
+
     def windows(
         self, seed: int, rank: int = 0, world_size: int = 1, split: str | None = None
     ) -> TokenWindows:
@@ -180,9 +188,7 @@ class LMHarvestStream(HarvestStream):
         if not windows:
             return None
         tokens = torch.stack([w.tokens for w in windows])
-        keep = torch.stack([w.valid for w in windows]).reshape(-1)
-        if self.source.excluded is not None:
-            keep &= ~torch.isin(tokens.reshape(-1), self.source.excluded)
+        keep = self.source.row_mask(tokens, torch.stack([w.valid for w in windows])).reshape(-1)
         activations = self.source.model.activations(tokens, self.hooks)
         size = tokens.shape[1]
         return HarvestBatch(
