@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from sae.config import Config, to_dict
 from sae.errors import ConfigError
 from sae.evaluation.ground_truth import evaluate_ground_truth, recovery_profile
@@ -69,7 +71,10 @@ def train_and_evaluate_many(
 ) -> list[dict[str, Any]]:
     """The SAEs of a `saes:` config, trained together on shared batches; each one's results
     go to out_dir/<name>/, the shared checkpoint and training log to out_dir."""
-    saes = {entry.name: build_sae(entry, source.d_in, cfg.seed) for entry in cfg.sae_entries()}
+    saes = {
+        entry.name: build_sae(entry, source.width(entry.hook), cfg.seed)
+        for entry in cfg.sae_entries()
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, saes, source, out_dir)
     trainer.fit()
@@ -106,7 +111,8 @@ def _evaluate_and_export(
             input_scale=summary.input_scale,
         ).to_dict()
     else:
-        metrics = _evaluate_on_source(cfg, sae, source, summary.input_scale)
+        hook = next((e.hook for e in cfg.sae_entries() if e.name == name), None)
+        metrics = _evaluate_on_source(cfg, sae, source, summary.input_scale, hook)
     description = source.metadata()
     save_saelens(
         sae, summary.input_scale, out_dir / "sae", metadata=_saelens_metadata(cfg, description)
@@ -129,15 +135,29 @@ def _evaluate_and_export(
 
 
 def _evaluate_on_source(
-    cfg: Config, sae: SparseAutoencoder, source: ActivationSource, input_scale: float
+    cfg: Config,
+    sae: SparseAutoencoder,
+    source: ActivationSource,
+    input_scale: float,
+    hook: str | None = None,
 ) -> dict[str, Any]:
-    """No ground truth: reconstruction metrics on eval.samples rows drawn with another seed."""
-    stream = source.stream(cfg.eval.batch_size, derive_seed(cfg.seed, "eval"))
+    """No ground truth: reconstruction metrics on eval.samples rows of the SAE's hook, drawn
+    with another seed."""
+    seed = derive_seed(cfg.seed, "eval")
+    if hook is None:
+        stream = source.stream(cfg.eval.batch_size, seed)
+    else:
+        stream = source.stream_hooks(cfg.eval.batch_size, seed, (hook,))
     try:
-        batches = (next(stream) for _ in range(-(-cfg.eval.samples // cfg.eval.batch_size)))
+        n_batches = -(-cfg.eval.samples // cfg.eval.batch_size)
+        batches = (_rows(next(stream), hook) for _ in range(n_batches))
         return evaluate_reconstruction(sae, batches, input_scale)
     finally:
         stream.close()
+
+
+def _rows(batch: Tensor | dict[str, Tensor], hook: str | None) -> Tensor:
+    return batch if isinstance(batch, Tensor) else batch[hook]
 
 
 def _saelens_metadata(cfg: Config, description: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.toy import SUMMARY_COLUMNS, train_and_evaluate
+from pipelines.toy import SUMMARY_COLUMNS, train_and_evaluate, train_and_evaluate_many
 from sae.config import Config
 from sae.errors import ConfigError
 from sae.sources import build_source
@@ -19,13 +19,18 @@ from sae.sources.store import StoreSource
 from sae.tables import format_table
 
 
-def run_train(cfg: Config, out_dir: Path) -> dict[str, Any]:
+def run_train(cfg: Config, out_dir: Path) -> dict[str, Any] | list[dict[str, Any]]:
+    """The one SAE's results, or with `saes:` each SAE's (written to DIR/<name>/)."""
     try:
         source = build_source(cfg.data, cfg.seed)
     except ValueError as error:  # sae_lens validates its own parameters
         raise ConfigError(f"data.{cfg.data.kind}: {error}") from None
     ground_truth = source.ground_truth() if isinstance(source, StoreSource) else None
-    result = train_and_evaluate(cfg, source, out_dir, ground_truth=ground_truth)
-    columns = SUMMARY_COLUMNS if "mcc" in result else [c for c in SUMMARY_COLUMNS if c in result]
-    print(format_table([result], columns))
-    return result
+    if cfg.saes is None:
+        results = [train_and_evaluate(cfg, source, out_dir, ground_truth=ground_truth)]
+        columns = list(SUMMARY_COLUMNS)
+    else:  # several SAEs (hooks, widths, penalties) on every batch read from the source
+        results = train_and_evaluate_many(cfg, source, out_dir, ground_truth=ground_truth)
+        columns = ["name", *SUMMARY_COLUMNS]
+    print(format_table(results, [c for c in columns if c in results[0]]))
+    return results[0] if cfg.saes is None else results

@@ -139,7 +139,8 @@ def test_read_ahead_is_bounded_by_buffer_rows(counting_store) -> None:
         next(stream)
         ahead = (max(requested) - stream.position) // 100 + 1
         assert ahead <= 3, "never more than buffer_rows rows read ahead"
-    assert len(stream._buffers._buffers) <= stream._buffers.capacity
+    buffers = stream._buffers["acts/resid"]
+    assert len(buffers._buffers) <= buffers.capacity
     stream.close()
 
 
@@ -155,7 +156,7 @@ def test_batches_held_by_the_caller_are_never_overwritten(counting_store) -> Non
 
 def test_store_source_picks_the_hook_or_asks_for_one(counting_store) -> None:
     with pytest.raises(DataError, match="holds hooks resid, mlp: set data.hook"):
-        StoreSource(DataConfig(store=counting_store))
+        StoreSource(DataConfig(store=counting_store)).stream(50, seed=0)
     with pytest.raises(DataError, match="no hook 'attn'"):
         StoreSource(DataConfig(store=counting_store, hook="attn"))
     source = StoreSource(DataConfig(store=counting_store, hook="mlp"))
@@ -211,3 +212,24 @@ def test_rank_and_world_size_default_to_torch_distributed(counting_store, monkey
     assert torch.equal(next(stream), next(alone))
     stream.close()
     alone.close()
+
+
+def test_several_hooks_stream_the_same_rows_and_resume_together(counting_store) -> None:
+    source = StoreSource(DataConfig(store=counting_store))
+    assert source.hook_names == ("resid", "mlp") and source.width("mlp") == 4
+    stream = source.stream_hooks(100, seed=3, hooks=("resid", "mlp"))
+    for _ in range(7):
+        next(stream)
+    state = stream.state_dict()
+    rest = [next(stream) for _ in range(5)]
+    stream.close()
+    for batch in rest:
+        assert torch.equal(batch["mlp"][:, 0], -batch["resid"][:, 0]), "rows aligned across hooks"
+    resumed = source.stream_hooks(100, seed=3, hooks=("resid", "mlp"))
+    resumed.load_state_dict(state)
+    again = [next(resumed) for _ in range(5)]
+    resumed.close()
+    assert all(torch.equal(a[h], b[h]) for a, b in zip(rest, again, strict=True) for h in a)
+    one = source.stream_hooks(100, seed=3, hooks=("mlp",))
+    assert set(next(one)) == {"mlp"}
+    one.close()

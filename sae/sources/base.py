@@ -89,6 +89,11 @@ class ActivationSource(ABC):
             )
         return _HookDictStream(self.stream(batch_size, seed), self.hook_names[0])
 
+    def width(self, hook: str | None) -> int:
+        """The width of `hook`'s rows (None: the first hook's); sources with hooks of
+        different widths (stores, language models) override this."""
+        return self.d_in
+
     def metadata(self) -> dict[str, Any]:
         """Describes the source for metrics.json and store manifests."""
         return {}

@@ -107,6 +107,9 @@ class LMSource(ActivationSource):
             raise ConfigError(f"hook '{hook}' is not one of data.lm.hooks")
         return ShuffledStream(self, batch_size, seed, hook, rank, world_size)
 
+    def width(self, hook: str | None) -> int:
+        return self.hook_dims[hook or self.hook_names[0]]
+
     def metadata(self) -> dict[str, Any]:
         cfg = self.cfg
         return {

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import xxhash
+from torch import Tensor
 
 from sae.config import DataConfig
-from sae.errors import DataError
+from sae.errors import ConfigError, DataError
 from sae.sources.base import ActivationSource, BatchStream, GroundTruthSource
 from sae.store.format import ACTS
 from sae.store.reader import Store, StoreStream
@@ -33,16 +34,36 @@ class StoreSource(ActivationSource):
                 f"store {data.store} is incomplete ({m.rows} of {m.harvest.get('rows')} rows); "
                 "finish it by running the same `sae harvest` command again"
             )
-        self.column = self.store.hook_column(data.hook)
-        self.hook = self.column.removeprefix(ACTS)
-        self.hook_names = (self.hook,)
-        self.d_in = self.store.hooks[self.hook]
+        self.hook_dims = dict(self.store.hooks)
+        if data.hook is None and len(self.hook_dims) > 1:
+            # SAEs on several hooks (`saes:` entries with `hook`) read them through
+            # stream_hooks; a plain stream() needs data.hook
+            self.column, self.hook = None, None
+            self.hook_names = tuple(self.hook_dims)
+        else:
+            self.column = self.store.hook_column(data.hook)
+            self.hook = self.column.removeprefix(ACTS)
+            self.hook_names = (self.hook,)
+        self.d_in = self.hook_dims[self.hook_names[0]]
         self.shuffle, self.buffer_rows = data.shuffle, data.buffer_rows
 
+    def width(self, hook: str | None) -> int:
+        return self.hook_dims[hook or self.hook_names[0]]
+
     def stream(self, batch_size: int, seed: int) -> BatchStream:
-        return StoreStream(
-            self.store, self.column, batch_size, seed, self.shuffle, self.buffer_rows
+        column = self.store.hook_column(self.hook)  # names the hooks when data.hook is needed
+        return StoreStream(self.store, column, batch_size, seed, self.shuffle, self.buffer_rows)
+
+    def stream_hooks(self, batch_size: int, seed: int, hooks: tuple[str, ...]) -> BatchStream:
+        """{hook: rows} with the same rows of every hook: one read order for all of them."""
+        columns = tuple(self.store.hook_column(hook) for hook in hooks)
+        for hook in hooks:
+            if hook not in self.hook_names:
+                raise ConfigError(f"data.hook is '{self.hook}', so hook '{hook}' is not read")
+        stream = StoreStream(
+            self.store, columns, batch_size, seed, self.shuffle, self.buffer_rows
         )
+        return _ByHook(stream)
 
     def metadata(self) -> dict[str, Any]:
         source = self.store.manifest.source
@@ -50,6 +71,7 @@ class StoreSource(ActivationSource):
             "kind": "store",
             "store": str(self.store.dir),
             "hook_name": self.hook,
+            "hooks": dict(self.hook_dims),
             "rows": self.store.rows,
             "dtype": self.store.manifest.dtype,
             "model_name": source.get("model"),
@@ -75,3 +97,23 @@ class StoreSource(ActivationSource):
                 "torch version or thread count?); it cannot be evaluated against ground truth"
             )
         return rebuilt
+
+
+class _ByHook(BatchStream):
+    """A several-column store stream keyed by hook name instead of column name."""
+
+    def __init__(self, stream: StoreStream):
+        self.inner = stream
+
+    def __next__(self) -> dict[str, Tensor]:  # type: ignore[override]
+        batch = next(self.inner)
+        return {column.removeprefix(ACTS): rows for column, rows in batch.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+    def close(self) -> None:
+        self.inner.close()

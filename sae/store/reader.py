@@ -280,7 +280,8 @@ def default_partition(rank: int | None, world_size: int | None) -> tuple[int, in
 
 
 class StoreStream(BatchStream):
-    """Endless [batch_size, d_in] batches of one store column, in the stored dtype.
+    """Endless [batch_size, d_in] batches of one store column, in the stored dtype; given a
+    tuple of columns, endless {column: batch} dicts whose rows are the same rows of each.
 
     The position is the first row (in the endless sequence of epochs) of the next global batch;
     state_dict() saves it with the seed and the manifest's checksum, so a resumed run reads
@@ -290,7 +291,7 @@ class StoreStream(BatchStream):
     def __init__(
         self,
         store: Store,
-        column: str,
+        column: str | tuple[str, ...],
         batch_size: int,
         seed: int,
         shuffle: bool = True,
@@ -301,29 +302,34 @@ class StoreStream(BatchStream):
         if store.rows == 0:
             raise DataError(f"store {store.dir} holds no rows")
         self.store, self.column, self.batch_size = store, column, batch_size
+        self.columns = (column,) if isinstance(column, str) else tuple(column)
         self.seed, self.shuffle = seed, shuffle
         self.rank, self.world_size = default_partition(rank, world_size)
         self.order = EpochOrder(store.blocks.length, seed, shuffle)
-        self.dtype, self.shape = store.row_shape(column)
         self.ahead = max(1, buffer_rows // batch_size)
-        self._buffers = BatchBuffers(batch_size, self.shape, self.dtype, self.ahead + 3)
+        self._buffers = {}
+        for c in self.columns:
+            dtype, shape = store.row_shape(c)
+            self._buffers[c] = BatchBuffers(batch_size, shape, dtype, self.ahead + 3)
         self.position = 0
         self._files = ShardFiles(store)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sae-store-read")
-        self._pending: deque[tuple[int, Future[Tensor]]] = deque()
+        self._pending: deque[tuple[int, Future[Tensor | dict[str, Tensor]]]] = deque()
 
     @property
     def step_rows(self) -> int:
         return self.batch_size * self.world_size
 
-    def read_batch(self, position: int) -> Tensor:
+    def read_batch(self, position: int) -> Tensor | dict[str, Tensor]:
         """This rank's batch of the global batch that starts at `position`."""
-        out = self._buffers.take()
         segments = self.order.segments(position + self.rank * self.batch_size, self.batch_size)
-        self._files.read(self.column, segments, out)
-        return out
+        batch = {}
+        for column in self.columns:
+            batch[column] = self._buffers[column].take()
+            self._files.read(column, segments, batch[column])
+        return batch[self.column] if isinstance(self.column, str) else batch
 
-    def __next__(self) -> Tensor:
+    def __next__(self) -> Tensor | dict[str, Tensor]:  # type: ignore[override]
         next_position = self._pending[-1][0] + self.step_rows if self._pending else self.position
         while len(self._pending) < self.ahead + 1:
             self._pending.append((next_position, self._pool.submit(self.read_batch, next_position)))
