@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/sae toy configs/toy/recovery.yaml --out runs/recovery
+	$(BIN)/sae run configs/quickstart.yaml --out runs/quickstart
 
 test: install
 	$(BIN)/pytest -q

@@ -48,21 +48,27 @@ def harvest_settings(cfg: Config) -> dict[str, Any]:
     return to_dict(cfg.harvest)
 
 
+def build_harvest_source(cfg: Config) -> ActivationSource:
+    try:
+        return build_source(cfg.data, cfg.seed)
+    except ValueError as error:  # sae_lens validates its own parameters
+        raise ConfigError(f"data.{cfg.data.kind}: {error}") from None
+
+
 def check_harvest(cfg: Config, out_dir: Path) -> Manifest | None:
     """Validate before any heavy work: the existing store, if any, must be this harvest's."""
     return existing_store(out_dir, source_identity(cfg), harvest_settings(cfg))
 
 
-def run_harvest(cfg: Config, out_dir: Path) -> Manifest:
+def run_harvest(cfg: Config, out_dir: Path, source: ActivationSource | None = None) -> Manifest:
+    """`source`: cfg.data's source, already built (`sae run` evaluates on the same model)."""
     existing = check_harvest(cfg, out_dir)
     if existing is not None and existing.complete:
         print(f"{out_dir}: store already complete ({existing.rows} rows); nothing to do")
         return existing
     hc = cfg.harvest
-    try:
-        source = build_source(cfg.data, cfg.seed)
-    except ValueError as error:  # sae_lens validates its own parameters
-        raise ConfigError(f"data.{cfg.data.kind}: {error}") from None
+    if source is None:
+        source = build_harvest_source(cfg)
     with open_writer(
         out_dir, source_identity(cfg), harvest_settings(cfg), hc.dtype, hc.block_rows
     ) as writer:

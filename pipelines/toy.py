@@ -9,8 +9,9 @@ to DIR/<name>/. Running the same command again after an interruption resumes fro
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -18,18 +19,22 @@ from sae.config import Config, to_dict
 from sae.errors import ConfigError
 from sae.evaluation.ground_truth import evaluate_ground_truth, recovery_profile
 from sae.evaluation.reconstruction import evaluate_reconstruction
-from sae.io import atomic_write_json
+from sae.io import atomic_write_json, atomic_write_text
 from sae.models import SparseAutoencoder, build_sae
 from sae.publish.saelens import save_saelens
-from sae.report import RECOVERY, build_report
+from sae.report import FEATURE_BROWSER, RECOVERY, build_report
+from sae.report.build import TRAINING_LOG
 from sae.seeding import derive_seed
 from sae.sources import build_source
 from sae.sources.base import ActivationSource, GroundTruthSource
 from sae.tables import format_table
 from sae.training.trainer import Trainer
 
+if TYPE_CHECKING:
+    from sae.sources.lm import LMSource
+
 # keys of a source's metadata() that SAELens's cfg.json metadata shares
-SAELENS_METADATA = ("hook_name", "model_name", "dataset_path", "context_size")
+SAELENS_METADATA = ("hook_name", "model_name", "dataset_path", "context_size", "prepend_bos")
 SUMMARY_COLUMNS = (
     "arch", "mcc", "f1", "precision", "recall", "frac_recovered_90", "l0", "true_l0",
     "explained_variance", "dead_latents", "seconds",
@@ -60,7 +65,7 @@ def train_and_evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, sae, source, out_dir)
     trainer.fit()
-    return _evaluate_and_export(cfg, source, trainer, sae, out_dir, ground_truth=ground_truth)
+    return evaluate_and_export(cfg, source, trainer, sae, out_dir, ground_truth=ground_truth)
 
 
 def train_and_evaluate_many(
@@ -81,14 +86,15 @@ def train_and_evaluate_many(
     results = []
     for name, sae in saes.items():
         (out_dir / name).mkdir(exist_ok=True)
-        result = _evaluate_and_export(
+        split_training_log(out_dir, name)
+        result = evaluate_and_export(
             cfg, source, trainer, sae, out_dir / name, name, ground_truth=ground_truth
         )
         results.append({"name": name, **result})
     return results
 
 
-def _evaluate_and_export(
+def evaluate_and_export(
     cfg: Config,
     source: ActivationSource,
     trainer: Trainer,
@@ -96,12 +102,36 @@ def _evaluate_and_export(
     out_dir: Path,
     name: str | None = None,
     ground_truth: GroundTruthSource | None = None,
+    lm: LMSource | None = None,
 ) -> dict[str, Any]:
+    """Evaluate one trained SAE and write out_dir/sae (SAELens), metrics.json and report.html.
+
+    Against `ground_truth` when there is one; on the language model `lm` (spliced-in loss,
+    monosemanticity, feature browser) when given; else by reconstruction of fresh rows.
+    metrics.json is written after everything but the report, so it marks a finished evaluation.
+    """
     if ground_truth is None and isinstance(source, GroundTruthSource):
         ground_truth = source
     summary = trainer.summary(name)
+    hook = next((e.hook for e in cfg.sae_entries() if e.name == name), None)
     sae.fit_inference(trainer.fresh_batches(cfg.eval.threshold_batches, "inference-fit", name))
-    if ground_truth is not None:
+    log10_density = None
+    if lm is not None:
+        from sae.evaluation.lm import evaluate_lm
+
+        evaluation = evaluate_lm(
+            sae,
+            lm,
+            hook or lm.hook_names[0],
+            cfg.eval,
+            derive_seed(cfg.seed, "eval"),
+            summary.input_scale,
+            progress=cfg.logging.progress,
+        )
+        metrics, log10_density = evaluation.metrics, evaluation.log10_density
+        if evaluation.browser is not None:
+            atomic_write_json(out_dir / FEATURE_BROWSER, evaluation.browser)
+    elif ground_truth is not None:
         metrics = evaluate_ground_truth(
             sae,
             ground_truth,
@@ -111,15 +141,20 @@ def _evaluate_and_export(
             input_scale=summary.input_scale,
         ).to_dict()
     else:
-        hook = next((e.hook for e in cfg.sae_entries() if e.name == name), None)
         metrics = _evaluate_on_source(cfg, sae, source, summary.input_scale, hook)
     description = source.metadata()
     save_saelens(
-        sae, summary.input_scale, out_dir / "sae", metadata=_saelens_metadata(cfg, description)
+        sae,
+        summary.input_scale,
+        out_dir / "sae",
+        metadata=_saelens_metadata(cfg, description, hook),
+        log10_density=log10_density,
     )
     result = {
         **metrics,
+        **({"name": name, "hook": hook} if hook else {}),
         "arch": sae.cfg.arch,
+        "d_sae": sae.d_sae,
         "seconds": summary.seconds,
         "samples": summary.samples,
         "samples_per_second": summary.samples_per_second,
@@ -160,10 +195,32 @@ def _rows(batch: Tensor | dict[str, Tensor], hook: str | None) -> Tensor:
     return batch if isinstance(batch, Tensor) else batch[hook]
 
 
-def _saelens_metadata(cfg: Config, description: dict[str, Any]) -> dict[str, Any]:
+def _saelens_metadata(
+    cfg: Config, description: dict[str, Any], hook: str | None = None
+) -> dict[str, Any]:
     """SAELens's metadata keys, from what the source says about itself."""
     found = {k: description[k] for k in SAELENS_METADATA if description.get(k) is not None}
+    if hook is not None:
+        found["hook_name"] = hook
     return {"source": cfg.data.kind, **found}
+
+
+def split_training_log(out_dir: Path, name: str) -> None:
+    """Copy SAE `name`'s records of the shared training log (out_dir/metrics.jsonl) to
+    out_dir/<name>/metrics.jsonl, so its own report draws its training curves."""
+    shared = out_dir / TRAINING_LOG
+    if not shared.is_file():
+        return
+    records = []
+    for line in shared.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a kill mid-write
+        if isinstance(record, dict) and record.get("sae") == name:
+            records.append(json.dumps(record) + "\n")
+    (out_dir / name).mkdir(exist_ok=True)
+    atomic_write_text(out_dir / name / TRAINING_LOG, "".join(records))
 
 
 def run_toy(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:

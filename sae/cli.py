@@ -85,6 +85,25 @@ def _train(args: argparse.Namespace) -> None:
     run_train(cfg, args.out)
 
 
+def _run(args: argparse.Namespace) -> None:
+    from sae.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    _check_out_dir(args.out)
+    from pipelines.run import run_pipeline
+
+    run_pipeline(cfg, args.out)
+
+
+def _publish(args: argparse.Namespace) -> None:
+    from sae.publish.release import HUB_PREFIX, publish_run
+
+    if not args.to.startswith(HUB_PREFIX):
+        _check_out_dir(Path(args.to))
+    for where in publish_run(args.run_dir, args.to):
+        print(f"published {where}")
+
+
 def _store_verify(args: argparse.Namespace) -> int:
     from sae.store.verify import verify_store
 
@@ -214,6 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train an SAE on a store (data.store) or a toy source")
     _config_args(train)
     train.set_defaults(handler=_train)
+
+    run = sub.add_parser(
+        "run", help="harvest -> store -> train -> evaluate -> report -> publish; re-run to resume"
+    )
+    _config_args(run)
+    run.set_defaults(handler=_run)
+
+    publish = sub.add_parser(
+        "publish", help="a run's SAEs as SAELens folders with model cards, locally or on the hub"
+    )
+    publish.add_argument("run_dir", type=Path, metavar="DIR", help="a run directory")
+    publish.add_argument(
+        "--to", required=True, metavar="PATH", help="a local directory, or hf://user/repository"
+    )
+    publish.set_defaults(handler=_publish)
 
     store = sub.add_parser("store", help="inspect, verify, export and import activation stores")
     store_sub = store.add_subparsers(dest="store_command", required=True)

@@ -77,6 +77,7 @@ class StoreSource(ActivationSource):
             "model_name": source.get("model"),
             "dataset_path": source.get("dataset"),
             "context_size": source.get("context_size"),
+            "prepend_bos": (source.get("metadata") or {}).get("prepend_bos"),
             "harvested_from": {k: v for k, v in source.items() if k != "data"},
         }
 

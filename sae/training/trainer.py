@@ -480,3 +480,11 @@ def _check_same_run(saved: dict, current: dict, free: tuple[str, ...], out_dir: 
             f"{out_dir} holds a checkpoint of a different run ('{key}' differs); "
             "use a new --out directory or the original config"
         )
+
+
+def check_resumable(cfg: Config, out_dir: Path, resumable_keys: tuple[str, ...] = ("logging",)) -> None:
+    """Stop before any work when out_dir holds the checkpoint of a different run."""
+    path = Path(out_dir) / CHECKPOINT
+    if path.is_file():
+        saved = load_state(path).get("config", {})
+        _check_same_run(saved, to_dict(cfg), resumable_keys, Path(out_dir))
