@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-import torch
-import yaml
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as sae/cli.py, before torch loads
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
 
 os.environ.setdefault("WANDB_MODE", "disabled")  # tests never talk to wandb's servers
 torch.set_num_threads(min(2, torch.get_num_threads()))
