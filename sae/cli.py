@@ -101,10 +101,14 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _publish(args: argparse.Namespace) -> None:
-    from sae.publish.release import HUB_PREFIX, publish_run
+    if args.to.startswith("hf://"):
+        from sae.publish.hub import hub_token
 
-    if not args.to.startswith(HUB_PREFIX):
+        hub_token(args.to.removeprefix("hf://"))  # no credentials: say so before any work
+    else:
         _check_out_dir(Path(args.to))
+    from sae.publish.release import publish_run
+
     for where in publish_run(args.run_dir, args.to):
         print(f"published {where}")
 
