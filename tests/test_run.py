@@ -319,3 +319,16 @@ def test_the_quickstart_reaches_its_targets(tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["ce_loss_recovered"] >= 0.9
     assert metrics["explained_variance"] >= 0.8
+
+
+def test_sae_train_trains_saes_on_two_hooks_of_one_store(two_hook_run: Path, tmp_path: Path) -> None:
+    tree = two_hook_tree()
+    tree.pop("harvest")
+    tree["data"] = {"store": str(two_hook_run / "store")}
+    tree["train"].update(samples=2560)
+    config = write_config(tmp_path / "train.yaml", tree)
+    assert main(["train", str(config), "--out", str(tmp_path / "out")]) == 0
+    for name, hook in (("resid", "blocks.0.hook_resid_post"), ("mlp", "blocks.1.mlp.hook_post")):
+        metrics = json.loads((tmp_path / "out" / name / "metrics.json").read_text())
+        assert metrics["hook"] == hook and metrics["explained_variance"] > 0
+        assert json.loads((tmp_path / "out" / name / "sae" / "cfg.json").read_text())["metadata"]["hook_name"] == hook
