@@ -332,3 +332,17 @@ def test_sae_train_trains_saes_on_two_hooks_of_one_store(two_hook_run: Path, tmp
         metrics = json.loads((tmp_path / "out" / name / "metrics.json").read_text())
         assert metrics["hook"] == hook and metrics["explained_variance"] > 0
         assert json.loads((tmp_path / "out" / name / "sae" / "cfg.json").read_text())["metadata"]["hook_name"] == hook
+
+
+def test_a_ground_truth_run_is_evaluated_against_its_true_features(tmp_path: Path) -> None:
+    from tests.conftest import tiny_tree
+
+    tree = tiny_tree()
+    tree["harvest"] = {"rows": 8192, "shard_rows": 4096, "batch_rows": 2048}
+    tree["train"].update(samples=8192)
+    config = write_config(tmp_path / "toy.yaml", tree)
+    assert main(["run", str(config), "--out", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert "mcc" in metrics and metrics["source"]["kind"] == "store"
+    (published,) = (tmp_path / "out" / "published").iterdir()
+    assert (published / "sae_weights.safetensors").is_file()
