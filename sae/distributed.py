@@ -85,17 +85,21 @@ class World:
         return torch.cat(gathered).topk(k).values[k - 1].to(values.device)
 
     def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
-        """Every gradient replaced by its mean over ranks, in one all-reduce."""
+        """Every gradient replaced by its mean over ranks, in one all-reduce. A parameter no
+        rank has a gradient for keeps none: Adam skips it then, and must skip it everywhere."""
         if not self.distributed:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-        flat = torch.cat([g.detach().reshape(-1).float() for g in grads]).to(self.device)
+        has = [float(p.grad is not None) for p in parameters]
+        flat = torch.cat([g.detach().reshape(-1).float() for g in grads] + [torch.tensor(has)])
+        flat = flat.to(self.device)
         torch.distributed.all_reduce(flat)
         flat /= self.size
         offset = 0
-        for param, grad in zip(parameters, grads, strict=True):
+        for i, (param, grad) in enumerate(zip(parameters, grads, strict=True)):
             n = grad.numel()
-            param.grad = flat[offset : offset + n].view_as(grad).to(grad.device, grad.dtype)
+            if float(flat[-len(parameters) + i]) > 0:
+                param.grad = flat[offset : offset + n].view_as(grad).to(grad.device, grad.dtype)
             offset += n
 
     def broadcast_(self, tensors: list[Tensor], src: int = 0) -> None:
