@@ -102,6 +102,8 @@ def run_pipeline(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     lm = live if cfg.data.lm is not None else None
     ground_truth = store.ground_truth()
     for name, sae in saes.items():
+        if not trainer.publishes(name):  # under torchrun, another rank evaluates it
+            continue
         if name not in pending:
             print(f"{dirs[name] / METRICS}: already evaluated")
             continue
@@ -117,6 +119,9 @@ def run_pipeline(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
             ground_truth=ground_truth,
             lm=lm,  # type: ignore[arg-type]
         )
+    trainer.world.barrier()
+    if not trainer.world.main:  # rank 0 reports and publishes
+        return []
     for directory in dirs.values():
         if not (directory / REPORT).is_file():  # killed between metrics.json and the report
             build_report(directory)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.toy import SUMMARY_COLUMNS, train_and_evaluate, train_and_evaluate_many
+from sae import distributed
 from sae.config import Config
 from sae.errors import ConfigError
 from sae.sources import build_source
@@ -32,5 +33,6 @@ def run_train(cfg: Config, out_dir: Path) -> dict[str, Any] | list[dict[str, Any
     else:  # several SAEs (hooks, widths, penalties) on every batch read from the source
         results = train_and_evaluate_many(cfg, source, out_dir, ground_truth=ground_truth)
         columns = ["name", *SUMMARY_COLUMNS]
-    print(format_table(results, [c for c in columns if c in results[0]]))
+    if distributed.world().main:  # under torchrun, rank 0 reports
+        print(format_table(results, [c for c in columns if c in results[0]]))
     return results[0] if cfg.saes is None else results

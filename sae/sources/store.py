@@ -51,8 +51,13 @@ class StoreSource(ActivationSource):
         return self.hook_dims[hook or self.hook_names[0]]
 
     def stream(self, batch_size: int, seed: int) -> BatchStream:
+        # whole batches on every process: data-parallel training asks for its rank's slice
+        # itself (sae/training/parallel.py)
         column = self.store.hook_column(self.hook)  # names the hooks when data.hook is needed
-        return StoreStream(self.store, column, batch_size, seed, self.shuffle, self.buffer_rows)
+        return StoreStream(
+            self.store, column, batch_size, seed, self.shuffle, self.buffer_rows,
+            rank=0, world_size=1,
+        )  # fmt: skip
 
     def stream_hooks(self, batch_size: int, seed: int, hooks: tuple[str, ...]) -> BatchStream:
         """{hook: rows} with the same rows of every hook: one read order for all of them."""
@@ -61,8 +66,9 @@ class StoreSource(ActivationSource):
             if hook not in self.hook_names:
                 raise ConfigError(f"data.hook is '{self.hook}', so hook '{hook}' is not read")
         stream = StoreStream(
-            self.store, columns, batch_size, seed, self.shuffle, self.buffer_rows
-        )
+            self.store, columns, batch_size, seed, self.shuffle, self.buffer_rows,
+            rank=0, world_size=1,
+        )  # fmt: skip
         return _ByHook(stream)
 
     def metadata(self) -> dict[str, Any]:
