@@ -212,7 +212,9 @@ def _ours(source: Any, out: Path, tokens: int, shard_tokens: int) -> None:
     identity = {"kind": "lm", "seed": SEED, "data": {"lm": source.cfg.model_dump(mode="json")}}
     harvest = {"rows": tokens, "shard_rows": shard_tokens}
     with open_writer(out, identity, harvest, "fp32", None) as writer:
-        stream = source.harvest_stream(source.cfg.batch_sequences * source.cfg.context_size, _harvest_seed())
+        stream = source.harvest_stream(
+            source.cfg.batch_sequences * source.cfg.context_size, _harvest_seed()
+        )
         try:
             manifest = harvest_rows(writer, stream, tokens, shard_tokens)
         finally:
@@ -252,7 +254,9 @@ def _saelens(
         buffer_size_gb=(shard_tokens + 0.5) * bytes_per_token / 1e9,
         prepend_bos=False,
     )
-    assert cfg.n_tokens_in_buffer == shard_tokens and cfg.n_buffers * shard_tokens == windows.numel()
+    assert (
+        cfg.n_tokens_in_buffer == shard_tokens and cfg.n_buffers * shard_tokens == windows.numel()
+    )
     dataset = Dataset.from_dict({"input_ids": windows.tolist()})
     with _model_given(runner_module, model):
         runner = runner_module.CacheActivationsRunner(cfg, override_dataset=dataset)

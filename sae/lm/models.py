@@ -18,6 +18,7 @@ replacement function sees and returns that flattened view.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -101,7 +102,6 @@ class _Stop(Exception):
     """Raised from the last hook needed, to skip the rest of the forward pass."""
 
 
-
 def transformer_lens_stop_layer(hooks: Iterable[str]) -> int | None:
     """Blocks to run so that every hook has fired: TransformerLens's stop_at_layer (exclusive).
 
@@ -150,11 +150,9 @@ class TransformerLensModel(LanguageModel):
             if not waiting:
                 raise _Stop
 
-        with self.model.hooks(fwd_hooks=[(name, capture) for name in hooks]):
-            try:
-                self.model(tokens.to(self.device), stop_at_layer=transformer_lens_stop_layer(hooks))
-            except _Stop:
-                pass
+        fwd_hooks = [(name, capture) for name in hooks]
+        with self.model.hooks(fwd_hooks=fwd_hooks), contextlib.suppress(_Stop):
+            self.model(tokens.to(self.device), stop_at_layer=transformer_lens_stop_layer(hooks))
         return {hook: flatten_heads(captured[hook]) for hook in hooks}
 
     @torch.no_grad()
