@@ -23,7 +23,10 @@ no forward pass here reaches the unembedding).
   return this model object, and everything else runs as shipped.
 
 The three modes run one after another for each of --repeats rounds (order rotated per round,
-so a change in machine load is shared out); each figure is the median over rounds.
+so a change in machine load is shared out); each figure is the median over rounds. Besides
+wall-clock tokens/s, the CPU seconds of the process (all threads) per mode are shown, with
+the `_cpu` ratios from them: on a machine shared with other work they are the steadier
+measure of the work each side does.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from sae.tables import format_table
 JSON_KEYS = (
     "hook", "layers", "d_model", "context_size", "tokens", "ours_tokens_per_s",
     "forward_tokens_per_s", "saelens_tokens_per_s", "overhead_vs_forward", "speedup_vs_saelens",
+    "overhead_vs_forward_cpu", "speedup_vs_saelens_cpu",
 )  # fmt: skip
 SEED = 0
 
@@ -149,15 +153,18 @@ def run_bench_harvest(
             "saelens": lambda out: _saelens(model, windows, shape, hook, out, shard_tokens),
         }
         seconds: dict[str, list[float]] = {name: [] for name in modes}
+        cpu_seconds: dict[str, list[float]] = {name: [] for name in modes}
         names = list(modes)
         for round_ in range(repeats):
             for name in names[round_ % 3 :] + names[: round_ % 3]:
                 out = work / f"{name}-{round_}"
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 modes[name](out)
                 seconds[name].append(time.perf_counter() - started)
+                cpu_seconds[name].append(time.process_time() - cpu_started)
                 shutil.rmtree(out, ignore_errors=True)
     rate = {name: tokens / statistics.median(ts) for name, ts in seconds.items()}
+    cpu = {name: statistics.median(ts) for name, ts in cpu_seconds.items()}
     row = {
         "hook": hook,
         "layers": shape.layers,
@@ -169,6 +176,8 @@ def run_bench_harvest(
         "saelens_tokens_per_s": round(rate["saelens"], 1),
         "overhead_vs_forward": round(rate["forward"] / rate["ours"] - 1, 4),
         "speedup_vs_saelens": round(rate["ours"] / rate["saelens"], 2),
+        "overhead_vs_forward_cpu": round(cpu["ours"] / cpu["forward"] - 1, 4),
+        "speedup_vs_saelens_cpu": round(cpu["saelens"] / cpu["ours"], 2),
     }
     table = [
         {
@@ -176,6 +185,8 @@ def run_bench_harvest(
             "tokens_per_s": round(rate[name], 1),
             "seconds": round(statistics.median(seconds[name]), 2),
             "time_vs_forward": round(rate["forward"] / rate[name], 3),
+            "cpu_s": round(cpu[name], 2),
+            "cpu_vs_forward": round(cpu[name] / cpu["forward"], 3),
             "runs_s": " ".join(f"{s:.2f}" for s in seconds[name]),
         }
         for name in modes
@@ -188,7 +199,7 @@ def run_bench_harvest(
         f"{bare_stop_layer(hook)} blocks"
     )
     print(format_table(table, list(table[0])))
-    print(format_table([row], list(JSON_KEYS)))
+    print(format_table([row], list(row)))
     if out_json is not None:
         atomic_write_json(out_json, [row])
     return row

@@ -43,6 +43,7 @@ def test_bench_train_rejects_a_malformed_grid(tmp_path: Path) -> None:
 HARVEST_KEYS = {
     "hook", "layers", "d_model", "context_size", "tokens", "ours_tokens_per_s",
     "forward_tokens_per_s", "saelens_tokens_per_s", "overhead_vs_forward", "speedup_vs_saelens",
+    "overhead_vs_forward_cpu", "speedup_vs_saelens_cpu",
 }  # fmt: skip
 
 
