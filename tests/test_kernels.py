@@ -27,10 +27,11 @@ def test_pairs_above_match_nonzero_with_a_per_latent_threshold() -> None:
     pre = torch.randn(50, 300, generator=generator)
     threshold = torch.rand(300, generator=generator) + 1
     counts = kernels.count_above(pre, threshold)
-    rows, cols = kernels.pairs_above(pre, threshold, counts)
+    rows, cols, values = kernels.pairs_above(pre, threshold, counts)
     expected = (pre > threshold).nonzero()
     assert torch.equal(counts, (pre > threshold).sum(-1))
     assert torch.equal(torch.stack([rows, cols], 1), expected)
+    assert torch.equal(values, pre[rows, cols])
 
 
 def test_order_by_latent_is_a_stable_sort() -> None:

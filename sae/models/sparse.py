@@ -93,9 +93,12 @@ class Layout:
             return self
         if self.above is None:
             rows, cols = self.mask.nonzero().unbind(1)  # row-major, as the kernels expect
-        else:
-            rows, cols = kernels.pairs_above(*self.above, self._row_counts())
-        return Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
+            return Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
+        pre = self.above[0]
+        rows, cols, values = kernels.pairs_above(*self.above, self._row_counts())
+        layout = Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
+        layout._cache["gathered"] = (pre, pre._version, values)  # for gather(pre)
+        return layout
 
     def to_dense(self) -> Layout:
         if not self.sparse:
@@ -123,6 +126,11 @@ class Layout:
         """Values of a [rows, latents] matrix at this layout's positions (no masking if dense)."""
         if not self.sparse:
             return dense
+        # Read while the pairs were listed, from this very matrix; handed out once, so no two
+        # callers (autograd outputs) share one tensor.
+        gathered = self._cache.pop("gathered", None)
+        if gathered is not None and gathered[0] is dense and gathered[1] == dense._version:
+            return gathered[2]
         return dense.reshape(-1).take(self.flat_index())
 
     def row_offsets(self) -> Tensor:
@@ -180,8 +188,11 @@ class Latents(NamedTuple):
         with torch.no_grad():
             if not self.layout.sparse:
                 return (self.values != 0).any(0)
-            fired = torch.zeros(self.layout.n_latents, dtype=torch.bool, device=self.values.device)
-            return fired.index_fill_(0, self.layout.cols[self.values != 0], True)
+            # a max per latent over the pairs: no boolean indexing, which lists the non-zero
+            # pairs first (a nonzero() pass and a copy)
+            nonzero = (self.values != 0).to(torch.uint8)
+            fired = nonzero.new_zeros(self.layout.n_latents)
+            return fired.scatter_reduce_(0, self.layout.cols, nonzero, "amax").bool()
 
     def l0(self) -> float:
         """Mean number of non-zero latents per row."""
