@@ -19,7 +19,9 @@ def test_topk_cols_matches_a_stable_sort(n_latents: int, ties: bool) -> None:
     pre = torch.randn(64, n_latents, generator=generator)
     if ties:
         pre = pre.mul(2).round()  # a handful of distinct values: ties everywhere
-    assert torch.equal(kernels.topk_cols(pre, 5), reference_topk(pre, 5))
+    cols, values = kernels.topk_cols(pre, 5)
+    assert torch.equal(cols, reference_topk(pre, 5))
+    assert torch.equal(values, pre.gather(1, cols))
 
 
 def test_pairs_above_match_nonzero_with_a_per_latent_threshold() -> None:

@@ -65,18 +65,21 @@ def _over_rows(kernel, n_rows: int, *args) -> None:  # type: ignore[no-untyped-d
 # ---------------------------------------------------------------------------- top-k per row
 
 
-def topk_cols(pre: Tensor, k: int) -> Tensor:
-    """[rows, k] latents of the k largest entries of each row, ascending within the row.
+def topk_cols(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """[rows, k] latents of the k largest entries of each row, ascending within the row, and
+    their values (read in the same pass: gathered afterwards they cost a cache miss each).
 
     Among equal values the lower latent is kept (torch.topk may keep either).
     """
     n_rows, n_latents = pre.shape
     group = min(n_latents // (_GROUPS_PER_K * k), _GROUP_WIDTHS[1])
     if not _compiled(pre) or group < _GROUP_WIDTHS[0]:
-        return pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+        cols = pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+        return cols, pre.gather(1, cols)
     cols = torch.empty(n_rows, k, dtype=torch.int64)
-    _over_rows(_topk_rows, n_rows, pre.numpy(), k, group, cols.numpy())
-    return cols
+    values = torch.empty(n_rows, k, dtype=pre.dtype)
+    _over_rows(_topk_rows, n_rows, pre.numpy(), k, group, cols.numpy(), values.numpy())
+    return cols, values
 
 
 @njit(cache=True)
@@ -112,7 +115,7 @@ def _count_at_least(a: np.ndarray, t: float) -> int:  # pragma: no cover (compil
 
 
 @njit(nogil=True, cache=True)
-def _topk_rows(pre, k, group, cols_out, start, end):  # pragma: no cover (compiled)
+def _topk_rows(pre, k, group, cols_out, values_out, start, end):  # pragma: no cover (compiled)
     n_latents = pre.shape[1]
     n_groups = (n_latents + group - 1) // group
     gmax = np.empty(n_groups, dtype=pre.dtype)
@@ -149,6 +152,7 @@ def _topk_rows(pre, k, group, cols_out, start, end):  # pragma: no cover (compil
             n -= 1
         for i in range(k):
             cols_out[r, i] = latents[i]
+            values_out[r, i] = values[i]
 
 
 # ---------------------------------------------------------------------------- pre > threshold

@@ -94,10 +94,9 @@ class Layout:
         if self.above is None:
             rows, cols = self.mask.nonzero().unbind(1)  # row-major, as the kernels expect
             return Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
-        pre = self.above[0]
         rows, cols, values = kernels.pairs_above(*self.above, self._row_counts())
         layout = Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
-        layout._cache["gathered"] = (pre, pre._version, values)  # for gather(pre)
+        layout.keep_values(self.above[0], values)
         return layout
 
     def to_dense(self) -> Layout:
@@ -121,6 +120,11 @@ class Layout:
     def apply_mask(self, acts: Tensor) -> Tensor:
         """Zero what the selection left out, where the activation has not done so itself."""
         return acts * self.mask if self.mask is not None else acts
+
+    def keep_values(self, dense: Tensor, values: Tensor) -> None:
+        """Remember `dense`'s values at the pairs, read while the pairs were chosen, so that
+        gather(dense) need not read them again."""
+        self._cache["gathered"] = (dense, dense._version, values)
 
     def gather(self, dense: Tensor) -> Tensor:
         """Values of a [rows, latents] matrix at this layout's positions (no masking if dense)."""
@@ -205,9 +209,11 @@ class Latents(NamedTuple):
 
 def topk_pairs(pre: Tensor, k: int) -> Layout:
     """The k largest entries of each row, as row-major pairs (latents ascending in a row)."""
-    cols = kernels.topk_cols(pre, k).flatten()
+    cols, values = kernels.topk_cols(pre, k)
     rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k)
-    return Layout.from_pairs(rows, cols, *pre.shape)
+    layout = Layout.from_pairs(rows, cols.flatten(), *pre.shape)
+    layout.keep_values(pre, values.flatten())
+    return layout
 
 
 def batch_topk_pairs(acts: Tensor, n_keep: int) -> Layout:
