@@ -11,13 +11,15 @@ from typing import Any
 
 from tqdm import tqdm
 
+from sae import distributed
 from sae.config import Config, to_dict
 from sae.errors import ConfigError
 from sae.seeding import derive_seed
 from sae.sources import build_source
 from sae.sources.base import ActivationSource, GroundTruthSource
 from sae.store.format import Manifest
-from sae.store.writer import existing_store, harvest_rows, open_writer
+from sae.store.parallel import harvest_rows_distributed
+from sae.store.writer import StoreWriter, existing_store, harvest_rows
 
 
 def source_identity(cfg: Config) -> dict[str, Any]:
@@ -54,36 +56,33 @@ def check_harvest(cfg: Config, out_dir: Path) -> Manifest | None:
 
 
 def run_harvest(cfg: Config, out_dir: Path) -> Manifest:
+    """Harvest `cfg.data` into `out_dir`; under torchrun, each rank writes its share of the
+    shards (sae/store/parallel.py) and the store is the one a single process writes."""
+    world = distributed.world()
     existing = check_harvest(cfg, out_dir)
     if existing is not None and existing.complete:
-        print(f"{out_dir}: store already complete ({existing.rows} rows); nothing to do")
+        if world.main:
+            print(f"{out_dir}: store already complete ({existing.rows} rows); nothing to do")
         return existing
     hc = cfg.harvest
     try:
         source = build_source(cfg.data, cfg.seed)
     except ValueError as error:  # sae_lens validates its own parameters
         raise ConfigError(f"data.{cfg.data.kind}: {error}") from None
-    with open_writer(
-        out_dir, source_identity(cfg), harvest_settings(cfg), hc.dtype, hc.block_rows
-    ) as writer:
-        writer.describe(describe_source(source))
-        bar = tqdm(
-            total=hc.rows,
-            initial=writer.rows,
-            disable=None if cfg.logging.progress else True,
-            desc="harvest",
-            unit="row",
-            unit_scale=True,
-            dynamic_ncols=True,
+    writer = None
+    if world.main:  # only rank 0 locks the store, clears uncommitted files and commits
+        writer = StoreWriter(
+            out_dir, source_identity(cfg), harvest_settings(cfg), hc.dtype, hc.block_rows
         )
-        stream = source.harvest_stream(hc.batch_rows, derive_seed(cfg.seed, "harvest"))
-        try:
-            manifest = harvest_rows(
-                writer, stream, hc.rows, hc.shard_rows, on_commit=lambda rows: bar.update(rows - bar.n)
-            )
-        finally:
-            stream.close()
-            bar.close()
+        writer.describe(describe_source(source))
+    world.barrier()
+    try:
+        manifest = _harvest(cfg, out_dir, source, writer, world)
+    finally:
+        if writer is not None:
+            writer.close()
+    if not world.main:
+        return manifest
     if manifest.rows < hc.rows:
         print(f"the source ended after {manifest.rows} rows (harvest.rows is {hc.rows})")
     print(
@@ -92,3 +91,36 @@ def run_harvest(cfg: Config, out_dir: Path) -> Manifest:
         + ", ".join(f"{h} [{d}]" for h, d in manifest.hooks.items())
     )
     return manifest
+
+
+def _harvest(
+    cfg: Config,
+    out_dir: Path,
+    source: ActivationSource,
+    writer: StoreWriter | None,
+    world: distributed.World,
+) -> Manifest:
+    hc = cfg.harvest
+    bar = tqdm(
+        total=hc.rows,
+        initial=writer.rows if writer else 0,
+        disable=None if cfg.logging.progress and world.main else True,
+        desc="harvest" + (f" x{world.size} ranks" if world.distributed else ""),
+        unit="row",
+        unit_scale=True,
+        dynamic_ncols=True,
+    )
+    stream = source.harvest_stream(hc.batch_rows, derive_seed(cfg.seed, "harvest"))
+    try:
+        if world.distributed:
+            return harvest_rows_distributed(
+                world, writer, out_dir, stream, hc.rows, hc.shard_rows, hc.batch_rows,
+                hc.dtype, hc.block_rows, on_commit=lambda rows: bar.update(rows - bar.n),
+            )  # fmt: skip
+        assert writer is not None
+        return harvest_rows(
+            writer, stream, hc.rows, hc.shard_rows, on_commit=lambda rows: bar.update(rows - bar.n)
+        )
+    finally:
+        stream.close()
+        bar.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sae import distributed
 from sae.config import Config, to_dict
 from sae.errors import ConfigError
 from sae.evaluation.ground_truth import evaluate_ground_truth, recovery_profile
@@ -58,7 +59,11 @@ def train_and_evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, sae, source, out_dir)
     trainer.fit()
-    return _evaluate_and_export(cfg, source, trainer, sae, out_dir, ground_truth=ground_truth)
+    result = None
+    if trainer.publishes("sae"):
+        result = _evaluate_and_export(cfg, source, trainer, sae, out_dir, ground_truth=ground_truth)
+    # under torchrun every rank returns rank 0's result (once it is written)
+    return next(r for r in trainer.world.all_gather_json(result) if r is not None)
 
 
 def train_and_evaluate_many(
@@ -75,12 +80,15 @@ def train_and_evaluate_many(
     trainer.fit()
     results = []
     for name, sae in saes.items():
+        if not trainer.publishes(name):  # another rank trained it (torchrun)
+            continue
         (out_dir / name).mkdir(exist_ok=True)
         result = _evaluate_and_export(
             cfg, source, trainer, sae, out_dir / name, name, ground_truth=ground_truth
         )
         results.append({"name": name, **result})
-    return results
+    everyone = [r for part in trainer.world.all_gather_json(results) for r in part]
+    return sorted(everyone, key=lambda r: list(saes).index(r["name"]))
 
 
 def _evaluate_and_export(
@@ -152,6 +160,8 @@ def run_toy(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
         results = [train_and_evaluate(cfg, source, out_dir)]
     else:
         results = train_and_evaluate_many(cfg, source, out_dir)
+    if not distributed.world().main:  # under torchrun, rank 0 reports
+        return results
     stats = {k: v for k, v in results[0]["source"].items() if isinstance(v, int | float)}
     if stats:
         print("source: " + ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.toy import SUMMARY_COLUMNS, train_and_evaluate
+from sae import distributed
 from sae.config import Config
 from sae.errors import ConfigError
 from sae.sources import build_source
@@ -27,5 +28,6 @@ def run_train(cfg: Config, out_dir: Path) -> dict[str, Any]:
     ground_truth = source.ground_truth() if isinstance(source, StoreSource) else None
     result = train_and_evaluate(cfg, source, out_dir, ground_truth=ground_truth)
     columns = SUMMARY_COLUMNS if "mcc" in result else [c for c in SUMMARY_COLUMNS if c in result]
-    print(format_table([result], columns))
+    if distributed.world().main:  # under torchrun, rank 0 reports
+        print(format_table([result], columns))
     return result

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sae.errors import UserError
@@ -44,6 +45,18 @@ def _check_out_dir(path: Path) -> None:
         raise UserError(f"--out {path}: directory {parent} is not writable")
 
 
+@contextmanager
+def _torchrun_group(device: str) -> Iterator[None]:
+    """Under torchrun, the command runs as one rank of a torch.distributed process group."""
+    from sae import distributed
+
+    distributed.init(device)
+    try:
+        yield
+    finally:
+        distributed.shutdown()
+
+
 # ---------------------------------------------------------------------------- commands
 
 
@@ -68,7 +81,8 @@ def _harvest(args: argparse.Namespace) -> None:
     from pipelines.harvest import check_harvest, run_harvest
 
     check_harvest(cfg, args.out)
-    run_harvest(cfg, args.out)
+    with _torchrun_group(cfg.data.lm.device if cfg.data.lm else "cpu"):
+        run_harvest(cfg, args.out)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -82,7 +96,8 @@ def _train(args: argparse.Namespace) -> None:
         load_manifest(cfg.data.store)
     from pipelines.train import run_train
 
-    run_train(cfg, args.out)
+    with _torchrun_group(cfg.train.device):
+        run_train(cfg, args.out)
 
 
 def _store_verify(args: argparse.Namespace) -> int:

@@ -299,6 +299,10 @@ class TrainConfig(Section):
     # "dense" on full matrices; "auto" picks sparse whenever few latents are active.
     kernels: Literal["auto", "sparse", "dense"] = "auto"
     prefetch_batches: int = Field(2, ge=0)  # batches read ahead on a background thread; 0: off
+    # under torchrun: "data" splits each global batch over ranks (gradients averaged), "saes"
+    # gives each rank whole SAEs of a `saes:` list; "auto": saes when there are at least as
+    # many SAEs as ranks, else data (sae/training/parallel.py)
+    parallel: Literal["auto", "data", "saes"] = "auto"
 
 
 class EvalConfig(Section):

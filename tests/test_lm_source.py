@@ -124,6 +124,28 @@ def test_a_harvest_resumes_exactly_even_part_way_through_a_forward_pass(
             assert all(torch.equal(got.labels[v], expected.labels[v]) for v in VARIABLES)
 
 
+def test_skipping_batches_reads_on_where_reading_them_would_have(
+    bundled: LanguageModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = source(bundled, max_tokens=700)
+    batches = list(src.harvest_stream(batch_rows=45, seed=3))
+    for skip in (1, 3, 7, 20):  # into a forward pass, across several, past the end
+        stream = src.harvest_stream(batch_rows=45, seed=3)
+        assert stream.skip_batches(skip) == sum(b.rows for b in batches[:skip])
+        rest = list(stream)
+        assert len(rest) == len(batches[skip:])
+        for got, expected in zip(rest, batches[skip:], strict=True):
+            assert torch.equal(got.token_ids, expected.token_ids)
+            assert all(torch.equal(got.activations[h], expected.activations[h]) for h in HOOKS)
+    # whole forward passes inside a skip are not run
+    calls = []
+    real = bundled.activations
+    monkeypatch.setattr(bundled, "activations", lambda *a: calls.append(1) or real(*a))
+    stream = src.harvest_stream(batch_rows=45, seed=3)
+    stream.skip_batches(12)
+    assert len(calls) <= 1
+
+
 def test_max_tokens_ends_the_harvest_on_the_exact_row(bundled: LanguageModel) -> None:
     sizes = [b.rows for b in source(bundled, max_tokens=1000).harvest_stream(300, seed=0)]
     assert sizes == [300, 300, 300, 100]

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from sae.config import SAEConfig
+from sae.distributed import LOCAL, World
 from sae.models.sparse import (
     ALL,
     DENSE_ABOVE,
@@ -54,6 +55,8 @@ class StepContext:
     dead_mask: Tensor | None = None  # [d_sae] bool, latents that have not fired recently
     # Kernels for the pairs after the encoder: None picks sparse when few latents are active.
     sparse: bool | None = None
+    # the ranks sharing the batch (data-parallel): batch-level choices are made over all of it
+    group: World = LOCAL
 
 
 def row_sq_error(x: Tensor, recon: Tensor) -> Tensor:
@@ -159,11 +162,11 @@ class SparseAutoencoder(nn.Module):
         with torch.no_grad():
             pre_all = self._scratch.pre_acts(x, self.b_dec, self.W_enc, self.b_enc)
             if self.warm_startable and self.cfg.warm_start_frac > 0 and not warming:
-                self.end_warm_start(pre_all)
+                self.end_warm_start(pre_all, ctx.group)
             if warming:
                 layout = topk_pairs(pre_all, self.cfg.warm_k())
             else:
-                layout = self.select(pre_all, training=True)
+                layout = self.training_select(pre_all, ctx.group)
             aux_layout = self._auxk_layout(pre_all, ctx)
         sparse = ctx.sparse if ctx.sparse is not None else layout.density() <= DENSE_ABOVE
         layout = layout.to_sparse() if sparse else layout.to_dense()
@@ -175,11 +178,15 @@ class SparseAutoencoder(nn.Module):
         sparsity = pre.new_zeros(()) if warming else self.sparsity_loss(pre, acts, layout, ctx)
         aux = self.extra_loss(x, pre, layout, recon, ctx)
         if aux_layout is not None:
-            aux = aux + self.auxk_loss(x, pre_all, aux_layout, recon)
+            aux = aux + self.auxk_loss(x, pre_all, aux_layout, recon, ctx.group)
         loss = self.reconstruction_loss(x, latents, mse) + sparsity + aux
         return TrainOutput(loss, mse.detach(), sparsity.detach(), aux.detach(), recon, latents)
 
-    def end_warm_start(self, pre: Tensor) -> None:
+    def training_select(self, pre: Tensor, group: World) -> Layout:
+        """`select` in training; batch-level architectures choose over the whole `group` batch."""
+        return self.select(pre, training=True)
+
+    def end_warm_start(self, pre: Tensor, group: World) -> None:
         """Called on every step after a TopK warm start; jumprelu sets its thresholds once."""
 
     def _auxk_layout(self, pre: Tensor, ctx: StepContext) -> Layout | None:
@@ -193,16 +200,23 @@ class SparseAutoencoder(nn.Module):
         chosen = topk_pairs(pre[:, dead], k_aux)
         return Layout.from_pairs(chosen.rows, dead[chosen.cols], pre.shape[0], self.d_sae)
 
-    def auxk_loss(self, x: Tensor, pre_all: Tensor, layout: Layout, recon: Tensor) -> Tensor:
+    def auxk_loss(
+        self, x: Tensor, pre_all: Tensor, layout: Layout, recon: Tensor, group: World = LOCAL
+    ) -> Tensor:
         """AuxK (Gao et al. 2024): the top-k_aux dead latents reconstruct the residual.
 
-        Normalised by the residual's variance and scaled by aux_coefficient, as in OpenAI's
-        sparse_autoencoder.
+        Normalised by the residual's variance (over the whole batch of `group`) and scaled by
+        aux_coefficient, as in OpenAI's sparse_autoencoder.
         """
         pre = encode_at(x, self.b_dec, self.W_enc, self.b_enc, pre_all, layout)
         aux_recon = layout.decode(pre.relu(), self.W_dec)
         residual = (x - recon).detach()
-        variance = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp(min=1e-8)
+        if group.distributed:
+            n = group.rows(residual.shape[0])
+            sums = group.sum(torch.cat([residual.sum(0), residual.pow(2).sum().reshape(1)]))
+            variance = ((sums[-1] - sums[:-1].pow(2).sum() / n) / n).clamp(min=1e-8)
+        else:
+            variance = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp(min=1e-8)
         loss = row_sq_error(residual, aux_recon) / variance
         return self.cfg.aux_coefficient * torch.nan_to_num(loss, nan=0.0)
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from sae.config import SAEConfig
+from sae.distributed import World
 from sae.models.base import SparseAutoencoder
 from sae.models.sparse import Layout, batch_topk_pairs
 
@@ -30,6 +31,11 @@ class BatchTopKSAE(SparseAutoencoder):
             return batch_topk_pairs(pre.relu(), int(self.cfg.k * pre.shape[0]))
         return Layout.from_threshold(pre, self.threshold, masked=True)
 
+    def training_select(self, pre: Tensor, group: World) -> Layout:
+        if not group.distributed:
+            return self.select(pre, training=True)
+        return global_batch_topk(pre.relu(), self.cfg.k, group)
+
     @torch.no_grad()
     def fit_inference(self, batches: list[Tensor]) -> None:
         minima = []
@@ -47,3 +53,11 @@ class BatchTopKSAE(SparseAutoencoder):
         weights = super().saelens_weights()
         weights["threshold"] = self.threshold.detach().expand(self.d_sae).clone()
         return weights
+
+
+def global_batch_topk(acts: Tensor, k: float, group: World) -> Layout:
+    """The k * B largest entries of a batch of B rows split over the ranks of `group`: each
+    rank keeps its entries at or above the batch's cutoff. Zero entries are left out (the
+    single-process top-k may keep some when fewer than k * B are positive; they add nothing)."""
+    cutoff = group.kth_largest(acts, int(k * group.rows(acts.shape[0])))
+    return Layout.from_mask(acts >= cutoff if cutoff > 0 else acts > 0)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from sae.config import SAEConfig
+from sae.distributed import World
 from sae.models.base import SparseAutoencoder, StepContext
 from sae.models.sparse import LatentIndex, Layout, batch_topk_pairs
 
@@ -67,13 +68,16 @@ class JumpReLUSAE(SparseAutoencoder):
         return self.log_threshold.exp()
 
     @torch.no_grad()
-    def end_warm_start(self, pre: Tensor) -> None:
+    def end_warm_start(self, pre: Tensor, group: World) -> None:
         """Start every threshold at the cutoff that keeps k latents per row on average."""
         if self.warm_start_done:
             return
-        layout = batch_topk_pairs(pre.relu(), int(self.cfg.k * pre.shape[0]))
-        kept = layout.gather(pre)
-        cutoff = float(kept.min()) if kept.numel() else 1.0
+        if group.distributed:  # the cutoff of the whole batch, over all ranks
+            cutoff = float(group.kth_largest(pre.relu(), int(self.cfg.k * group.rows(pre.shape[0]))))
+        else:
+            layout = batch_topk_pairs(pre.relu(), int(self.cfg.k * pre.shape[0]))
+            kept = layout.gather(pre)
+            cutoff = float(kept.min()) if kept.numel() else 1.0
         self.log_threshold.fill_(math.log(max(cutoff, 1e-6)))
         self.warm_start_done.fill_(True)
 

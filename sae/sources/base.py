@@ -51,7 +51,8 @@ class HarvestBatch:
 
 
 class HarvestStream(Iterator[HarvestBatch], ABC):
-    """Like BatchStream, for harvesting: resumable, yields HarvestBatch."""
+    """Like BatchStream, for harvesting: resumable, yields HarvestBatch, each of the harvest's
+    batch_rows rows (fewer only where the source ends)."""
 
     @abstractmethod
     def __next__(self) -> HarvestBatch: ...
@@ -61,6 +62,19 @@ class HarvestStream(Iterator[HarvestBatch], ABC):
 
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def skip_batches(self, n: int) -> int:
+        """Move past the next `n` batches as if they had been read; returns the rows passed
+        over (fewer than n * batch_rows only where the source ends). A distributed harvest
+        skips the rows other ranks write: sources whose rows cost a model's forward pass
+        override this to skip that work too."""
+        rows = 0
+        for _ in range(n):
+            try:
+                rows += next(self).rows
+            except StopIteration:
+                break
+        return rows
 
     def close(self) -> None:
         """Release background resources."""

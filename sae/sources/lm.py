@@ -177,8 +177,8 @@ class LMHarvestStream(HarvestStream):
         self.pending: HarvestBatch | None = None
         self.used = 0  # rows of `pending` already handed out
 
-    def _forward(self) -> HarvestBatch | None:
-        """The next forward pass's rows, or None at the end of the data."""
+    def _pass_windows(self) -> tuple[list[Any], Tensor, Tensor] | None:
+        """The next forward pass's windows, tokens and row mask; None at the end of the data."""
         windows = []
         for _ in range(self.source.cfg.batch_sequences):
             try:
@@ -189,6 +189,14 @@ class LMHarvestStream(HarvestStream):
             return None
         tokens = torch.stack([w.tokens for w in windows])
         keep = self.source.row_mask(tokens, torch.stack([w.valid for w in windows])).reshape(-1)
+        return windows, tokens, keep
+
+    def _forward(self) -> HarvestBatch | None:
+        """The next forward pass's rows, or None at the end of the data."""
+        read = self._pass_windows()
+        if read is None:
+            return None
+        windows, tokens, keep = read
         activations = self.source.model.activations(tokens, self.hooks)
         size = tokens.shape[1]
         everything = bool(keep.all())  # then no [rows, d] copy to drop none of them
@@ -234,6 +242,34 @@ class LMHarvestStream(HarvestStream):
         batch = _concat(pieces)
         self.emitted += batch.rows
         return batch
+
+    def skip_batches(self, n: int) -> int:
+        """Whole forward passes inside the skip are only tokenised (to count their rows); the
+        model runs just for a pass the skip ends inside, whose rest is read next."""
+        want = n * self.batch_rows
+        if self.limit is not None:
+            want = min(want, self.limit - self.emitted)
+        skipped = 0
+        while skipped < want:
+            if self.pending is None:
+                self.pass_state = self.windows.state_dict()
+                read = self._pass_windows()
+                if read is None:
+                    break
+                rows = int(read[2].sum())
+                if skipped + rows <= want:
+                    skipped += rows
+                    continue
+                self.windows.load_state_dict(self.pass_state)
+                self.pending, self.used = self._forward(), 0
+                assert self.pending is not None
+            count = min(want - skipped, self.pending.rows - self.used)
+            self.used += count
+            skipped += count
+            if self.used == self.pending.rows:
+                self.pending = None
+        self.emitted += skipped
+        return skipped
 
     def state_dict(self) -> dict[str, Any]:
         if self.pending is None:

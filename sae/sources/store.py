@@ -40,9 +40,12 @@ class StoreSource(ActivationSource):
         self.shuffle, self.buffer_rows = data.shuffle, data.buffer_rows
 
     def stream(self, batch_size: int, seed: int) -> BatchStream:
+        # whole batches on every process: data-parallel training asks for its rank's slice
+        # itself (sae/training/parallel.py)
         return StoreStream(
-            self.store, self.column, batch_size, seed, self.shuffle, self.buffer_rows
-        )
+            self.store, self.column, batch_size, seed, self.shuffle, self.buffer_rows,
+            rank=0, world_size=1,
+        )  # fmt: skip
 
     def metadata(self) -> dict[str, Any]:
         source = self.store.manifest.source

@@ -136,50 +136,38 @@ class StoreWriter:
 
     def check_rows(self, columns: dict[str, Tensor], first_row: int) -> dict[str, Tensor]:
         """Cast activations to the store's dtype and refuse non-finite rows (before any write)."""
-        dtype = STORE_DTYPES[self.dtype]
-        checked = {}
-        for name, value in columns.items():
-            if name.startswith(ACTS):
-                stored = value.detach().to("cpu", dtype).contiguous()
-                # A sum is non-finite whenever a value is (or, rarely, when it overflows): one
-                # reduction, several times faster than a boolean pass; the exact check follows.
-                if not bool(torch.isfinite(stored.sum(dtype=torch.float32))) and not bool(
-                    torch.isfinite(stored).all()
-                ):
-                    bad = ~torch.isfinite(stored).all(dim=-1)
-                    row = first_row + int(bad.nonzero()[0, 0])
-                    overflow = bool(torch.isfinite(value[bad]).all())
-                    why = f"overflow to inf in {self.dtype}" if overflow else "NaN or inf values"
-                    raise DataError(
-                        f"harvest row {row} of hook '{name.removeprefix(ACTS)}' has {why}; "
-                        f"nothing after row {self.rows} was written"
-                    )
-                checked[name] = stored
-            else:
-                checked[name] = value.detach().cpu().contiguous()
-        return checked
+        return checked_rows(columns, self.dtype, first_row, self.rows)
 
     def commit(self, columns: dict[str, Tensor], source_state: dict[str, Any]) -> None:
         """Durably append one shard and the source state after it; then publish both."""
-        manifest = self.manifest or self._new_manifest(columns)
+        manifest = self.manifest or self.new_manifest(columns)
         _check_schema(manifest, columns)
         index = len(manifest.shards)
         path = self.dir / shard_name(index)
         try:
-            record = _write_shard(path, columns, manifest.block_rows)
+            record = write_shard(path, columns, manifest.block_rows)
             state_file = state_name(index + 1)
             save_state(self.dir / state_file, source_state)
-            previous = manifest.harvest_state
-            manifest.shards.append(record)
-            manifest.harvest_state = state_file
-            try:
-                manifest.save(self.dir)
-            except BaseException:
-                manifest.shards.pop()
-                manifest.harvest_state = previous
-                raise
         except (OSError, SafetensorError) as error:
             raise _write_error(error, path, manifest) from None
+        self.publish(manifest, [record], state_file)
+
+    def publish(self, manifest: Manifest, records: list[ShardRecord], state_file: str) -> None:
+        """Make shards already written in place (and the state after the last) part of the
+        store: one manifest replacement. Other processes may have written them."""
+        previous = manifest.harvest_state
+        manifest.shards.extend(records)
+        manifest.harvest_state = state_file
+        try:
+            manifest.save(self.dir)
+        except OSError as error:
+            del manifest.shards[len(manifest.shards) - len(records) :]
+            manifest.harvest_state = previous
+            raise _write_error(error, self.dir / MANIFEST, manifest) from None
+        except BaseException:
+            del manifest.shards[len(manifest.shards) - len(records) :]
+            manifest.harvest_state = previous
+            raise
         self.manifest = manifest
         if previous is not None:
             (self.dir / previous).unlink(missing_ok=True)
@@ -199,15 +187,13 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ helpers
 
-    def _new_manifest(self, columns: dict[str, Tensor]) -> Manifest:
+    def new_manifest(self, columns: dict[str, Tensor]) -> Manifest:
         hooks = {k.removeprefix(ACTS): v.shape[1] for k, v in columns.items() if k.startswith(ACTS)}
         if not hooks:
             raise DataError("the source produced no activations")
-        itemsize = STORE_DTYPES[self.dtype].itemsize
-        block_rows = self.requested_block_rows or auto_block_rows(max(hooks.values()) * itemsize)
         return Manifest(
             dtype=self.dtype,
-            block_rows=block_rows,
+            block_rows=block_rows_for(columns, self.dtype, self.requested_block_rows),
             hooks=hooks,
             columns={k: dtype_name(v.dtype) for k, v in columns.items() if not k.startswith(ACTS)},
             source={**self.identity, **self.description},
@@ -279,6 +265,41 @@ def existing_store(
     return manifest
 
 
+def checked_rows(
+    columns: dict[str, Tensor], dtype: str, first_row: int, committed_rows: int
+) -> dict[str, Tensor]:
+    """Activations cast to the store's dtype, all on the CPU; DataError at a non-finite row.
+    `first_row` is the global index of the first row, `committed_rows` what the store keeps."""
+    store_dtype = STORE_DTYPES[dtype]
+    checked = {}
+    for name, value in columns.items():
+        if name.startswith(ACTS):
+            stored = value.detach().to("cpu", store_dtype).contiguous()
+            # A sum is non-finite whenever a value is (or, rarely, when it overflows): one
+            # reduction, several times faster than a boolean pass; the exact check follows.
+            if not bool(torch.isfinite(stored.sum(dtype=torch.float32))) and not bool(
+                torch.isfinite(stored).all()
+            ):
+                bad = ~torch.isfinite(stored).all(dim=-1)
+                row = first_row + int(bad.nonzero()[0, 0])
+                overflow = bool(torch.isfinite(value[bad]).all())
+                why = f"overflow to inf in {dtype}" if overflow else "NaN or inf values"
+                raise DataError(
+                    f"harvest row {row} of hook '{name.removeprefix(ACTS)}' has {why}; "
+                    f"nothing after row {committed_rows} was written"
+                )
+            checked[name] = stored
+        else:
+            checked[name] = value.detach().cpu().contiguous()
+    return checked
+
+
+def block_rows_for(columns: dict[str, Tensor], dtype: str, requested: int | None) -> int:
+    """The store's block size: as requested, else from its widest activation row."""
+    widths = [v.shape[1] for k, v in columns.items() if k.startswith(ACTS)]
+    return requested or auto_block_rows(max(widths) * STORE_DTYPES[dtype].itemsize)
+
+
 def _check_schema(manifest: Manifest, columns: dict[str, Tensor]) -> None:
     expected = set(manifest.all_columns())
     if set(columns) != expected:
@@ -295,7 +316,7 @@ def _check_schema(manifest: Manifest, columns: dict[str, Tensor]) -> None:
             raise DataError(f"column '{name}' changed dtype to {value.dtype} mid-harvest")
 
 
-def _write_shard(path: Path, columns: dict[str, Tensor], block_rows: int) -> ShardRecord:
+def write_shard(path: Path, columns: dict[str, Tensor], block_rows: int) -> ShardRecord:
     hashes = {}
     for name, value in columns.items():
         data = memoryview(value.view(torch.uint8).numpy()).cast("B")

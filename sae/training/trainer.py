@@ -29,14 +29,17 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from sae import distributed
 from sae.config import Config, SAEEntry, TrainConfig, to_dict
 from sae.device import pick_device
+from sae.distributed import LOCAL, World
 from sae.errors import DataError, UserError
 from sae.io import load_state, save_state
 from sae.models import SparseAutoencoder, StepContext, TrainOutput
 from sae.seeding import derive_seed
 from sae.sources.base import ActivationSource, BatchStream
 from sae.sources.prefetch import Prefetcher
+from sae.training.parallel import owned_saes, parallel_mode, rank_stream
 from sae.training.run_log import RunLog
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -78,8 +81,10 @@ class SAETraining:
         tc: TrainConfig,
         seed: int,
         device: torch.device,
+        group: World = LOCAL,
     ):
         self.name, self.hook, self.tc = entry.name or "sae", entry.hook, tc
+        self.group = group  # the data-parallel ranks sharing each batch (LOCAL: none)
         self.sae = sae.to(device)
         self.lr = entry.lr or tc.lr
         self.optimizer = torch.optim.Adam(
@@ -126,11 +131,13 @@ class SAETraining:
             progress=step / total_steps,
             dead_mask=self.dead(),
             sparse=self.sparse,
+            group=self.group,
         )
         with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16):
             out = self.sae.training_forward(x, ctx)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        self.group.average_gradients(list(self.sae.parameters()))
         self.sae.remove_parallel_grad()
         if self.tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.tc.grad_clip)
@@ -139,7 +146,8 @@ class SAETraining:
         self.optimizer.step()
         self.sae.normalize_decoder()
         with torch.no_grad():
-            self.samples_since_fired.add_(x.shape[0]).masked_fill_(out.latents.fired(), 0)
+            fired = self.group.any(out.latents.fired())
+            self.samples_since_fired.add_(self.group.rows(x.shape[0])).masked_fill_(fired, 0)
         return out
 
     def lr_at(self, step: int, total_steps: int) -> float:
@@ -153,6 +161,8 @@ class SAETraining:
 
     @torch.no_grad()
     def record(self, x: Tensor, out: TrainOutput) -> dict[str, Any]:
+        if self.group.distributed:
+            return self._global_record(x, out)
         residual = (x - out.recon.float()).pow(2).sum()
         variance = (x - x.mean(0)).pow(2).sum().clamp(min=1e-12)
         return {
@@ -162,6 +172,27 @@ class SAETraining:
             "aux": float(out.aux),
             "l0": out.latents.l0(),
             "explained_variance": float(1 - residual / variance),
+            "dead_fraction": float(self.dead().float().mean()),
+        }
+
+    def _global_record(self, x: Tensor, out: TrainOutput) -> dict[str, Any]:
+        """`record` over the whole batch of the data-parallel group: rank slices are equal, so
+        the global means are the means of the ranks' means."""
+        means = torch.stack([out.loss, out.mse, out.sparsity, out.aux]).detach().float()
+        l0 = means.new_tensor([out.latents.l0()])
+        residual = (x - out.recon.float()).pow(2).sum().reshape(1)
+        sums = self.group.sum(torch.cat([means, l0, residual, x.pow(2).sum().reshape(1), x.sum(0)]))
+        loss, mse, sparsity, aux, l0_sum, residual_sum, square_sum = sums[:7].tolist()
+        n = self.group.rows(x.shape[0])
+        variance = max(square_sum - float(sums[7:].pow(2).sum()) / n, 1e-12)
+        size = self.group.size
+        return {
+            "loss": loss / size,
+            "mse": mse / size,
+            "sparsity": sparsity / size,
+            "aux": aux / size,
+            "l0": l0_sum / size,
+            "explained_variance": 1 - residual_sum / variance,
             "dead_fraction": float(self.dead().float().mean()),
         }
 
@@ -235,9 +266,12 @@ class Trainer:
         source: ActivationSource,
         out_dir: Path,
         resumable_keys: tuple[str, ...] = ("logging",),
+        world: World | None = None,
     ):
-        """`sae` is the one SAE of a `sae:` config, or the SAEs of a `saes:` config by name."""
+        """`sae` is the one SAE of a `sae:` config, or the SAEs of a `saes:` config by name.
+        Under torchrun (`world`, default the joined one) see sae/training/parallel.py."""
         self.cfg, self.source, self.out_dir = cfg, source, Path(out_dir)
+        self.world = world or distributed.world()
         self.device = pick_device(cfg.train.device, "train.device")
         self.tc = cfg.train
         self.batch_size = self.tc.batch_size
@@ -249,17 +283,28 @@ class Trainer:
         missing = sorted(set(saes) ^ set(entries))
         if missing:
             raise UserError(f"SAEs and config entries do not match: {', '.join(missing)}")
+        self.mode = parallel_mode(self.tc, len(saes), self.world)
+        self.names = list(saes)
+        group = self.world if self.mode == "data" else LOCAL
         self.runs = [
-            SAETraining(entries[name], model, self.tc, cfg.seed, self.device)
-            for name, model in saes.items()
+            SAETraining(entries[name], saes[name], self.tc, cfg.seed, self.device, group)
+            for name in owned_saes(self.names, self.mode, self.world)
         ]
-        self.hooks = tuple(sorted({run.hook for run in self.runs if run.hook}))
+        # every rank reads the same hooks, so each SAE sees the batches it sees alone
+        self.hooks = tuple(sorted({entry.hook for entry in entries.values() if entry.hook}))
         self.step = 0
         self.seconds = 0.0
         self.run_id: str | None = None
         self.resumable_keys = resumable_keys
         self.checkpoint_path = self.out_dir / CHECKPOINT
         self.resample_steps = sorted({int(f * self.total_steps) for f in self.tc.resample_at})
+
+    def publishes(self, name: str) -> bool:
+        """Whether this process writes SAE `name`'s results: its owner in SAE-parallel
+        training, else rank 0 (data-parallel ranks hold identical copies)."""
+        if self.mode == "saes":
+            return any(run.name == name for run in self.runs)
+        return self.world.main
 
     @property
     def sae(self) -> SparseAutoencoder:
@@ -270,7 +315,7 @@ class Trainer:
     # ------------------------------------------------------------------ public
 
     def fit(self) -> TrainSummary:
-        stream = self._stream("train")
+        stream = self._stream("train", partitioned=True)
         if self.tc.prefetch_batches:
             pin = self.device.type == "cuda"
             stream = Prefetcher(stream, self.tc.prefetch_batches, _pin_memory if pin else None)
@@ -279,6 +324,9 @@ class Trainer:
                 self._restore(stream)
             else:
                 self._initialise()
+            if self.mode == "data":  # identical already; DDP's guarantee, made explicit
+                for run in self.runs:
+                    self.world.broadcast_([*run.sae.parameters(), *run.sae.buffers()])
             self._loop(stream)
         finally:
             stream.close()
@@ -310,8 +358,11 @@ class Trainer:
             return run
         return next(run for run in self.runs if run.name == name)
 
-    def _stream(self, purpose: str) -> BatchStream:
+    def _stream(self, purpose: str, partitioned: bool = False) -> BatchStream:
+        """Whole batches, the same on every rank; `partitioned`: this rank's data-parallel slice."""
         seed = derive_seed(self.cfg.seed, purpose)
+        if partitioned and self.mode == "data":
+            return rank_stream(self.source, self.batch_size, seed, self.hooks, self.world)
         if self.hooks:
             return self.source.stream_hooks(self.batch_size, seed, self.hooks)
         return self.source.stream(self.batch_size, seed)
@@ -354,9 +405,17 @@ class Trainer:
         self.step, self.seconds = int(state["step"]), float(state["seconds"])
         self.run_id = state["run_id"]
 
-    def _checkpoint(self, stream: BatchStream, log: RunLog) -> None:
+    def _checkpoint(self, stream: BatchStream, log: RunLog | None) -> None:
+        """Rank 0 writes the one checkpoint; SAE-parallel ranks send it their SAEs' states."""
+        state = self._state(stream)
+        if self.mode == "saes":
+            state["saes"] = self.world.gather_states(state["saes"])
+        if not self.world.main:
+            return
+        assert log is not None
         log.sync()
-        save_state(self.checkpoint_path, self._state(stream))
+        state["saes"] = {name: state["saes"][name] for name in self.names}
+        save_state(self.checkpoint_path, state)
 
     # ------------------------------------------------------------------ the loop
 
@@ -364,15 +423,17 @@ class Trainer:
         if self.step >= self.total_steps:
             return
         lc = self.cfg.logging
-        log = RunLog(
-            self.out_dir, to_dict(self.cfg), lc.wandb, lc.wandb_project, self.run_id, self.step
-        )
-        self.run_id = log.run_id
+        log = None
+        if self.world.main:  # the one writer of metrics.jsonl (and wandb)
+            log = RunLog(
+                self.out_dir, to_dict(self.cfg), lc.wandb, lc.wandb_project, self.run_id, self.step
+            )
+            self.run_id = log.run_id
         archs = ",".join(sorted({run.sae.cfg.arch for run in self.runs}))
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
-            disable=None if lc.progress else True,
+            disable=None if lc.progress and self.world.main else True,
             desc=f"train {archs}" + (f" x{len(self.runs)}" if len(self.runs) > 1 else ""),
             unit="step",
             dynamic_ncols=True,
@@ -399,21 +460,27 @@ class Trainer:
                     self._checkpoint(stream, log)
         finally:
             bar.close()
-            log.close()
+            if log is not None:
+                log.close()
 
     def _log(
-        self, log: RunLog, bar: tqdm, steps: list[tuple[SAETraining, Tensor, TrainOutput]]
+        self, log: RunLog | None, bar: tqdm, steps: list[tuple[SAETraining, Tensor, TrainOutput]]
     ) -> None:
         records = [
             {
                 "step": self.step,
                 "samples": self.step * self.batch_size,
-                **({"sae": run.name} if len(self.runs) > 1 else {}),
+                **({"sae": run.name} if len(self.names) > 1 else {}),
                 **run.record(x, out),
                 "lr": run.lr_at(self.step - 1, self.total_steps),
             }
             for run, x, out in steps
         ]
+        if self.mode == "saes":  # each rank has its SAEs' records; rank 0 logs all, in order
+            records = [r for part in self.world.all_gather_json(records) for r in part]
+            records.sort(key=lambda r: self.names.index(r["sae"]))
+        if log is None:
+            return
         for record in records:
             log.log(record)
         bar.set_postfix(mse=f"{records[0]['mse']:.4g}", l0=f"{records[0]['l0']:.1f}")
