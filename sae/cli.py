@@ -229,6 +229,35 @@ def _bench_multi(args: argparse.Namespace) -> None:
     run_bench_multi(args.saes, args.steps, d, m, batch, args.json)
 
 
+def _bench_harvest(args: argparse.Namespace) -> None:
+    sizes = (args.layers, args.d_model, args.context_size, args.batch_sequences, args.tokens)
+    if min(sizes) < 1 or args.shard_tokens < 1 or args.repeats < 1:
+        raise UserError("--layers, --d-model, --context-size, --batch-sequences, --tokens, "
+                        "--shard-tokens and --repeats must be positive")
+    if args.context_size < 2 or args.context_size > 1024:
+        raise UserError("--context-size must be 2 to 1024")
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    if args.json is not None:
+        _check_out_file(args.json)
+    from pipelines.bench_harvest import Shape, run_bench_harvest
+
+    shape = Shape(
+        args.layers, args.d_model, args.context_size, args.batch_sequences, args.tokens,
+        args.shard_tokens, args.hook,
+    )  # fmt: skip
+    if shape.hook_name not in _tl_hook_names(shape.layers):
+        raise UserError(f"--hook '{shape.hook_name}' is not a per-token hook of a "
+                        f"{shape.layers}-layer model (e.g. blocks.0.hook_resid_post)")
+    run_bench_harvest(shape, args.repeats, args.json, args.threads)
+
+
+def _tl_hook_names(layers: int) -> set[str]:
+    per_block = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
+                 "hook_mlp_out", "attn.hook_z", "mlp.hook_post")
+    return {f"blocks.{i}.{name}" for i in range(layers) for name in per_block}
+
+
 def _check_out_file(path: Path) -> None:
     if path.exists() and path.is_dir():
         raise UserError(f"--json {path} is a directory")
@@ -330,6 +359,23 @@ def build_parser() -> argparse.ArgumentParser:
     multi.add_argument("--steps", type=int, default=25, help="training steps of each run")
     multi.add_argument("--point", default="128x1024x4096", help="shape DxMxB")
     multi.set_defaults(handler=_bench_multi)
+
+    bench_harvest = bench_sub.add_parser(
+        "harvest", help="harvest tokens/s: ours vs the bare forward pass vs SAELens's cache runner"
+    )
+    bench_harvest.add_argument("--json", type=Path, default=None, help="write the row as JSON here")
+    bench_harvest.add_argument("--layers", type=int, default=12, help="blocks of the random model")
+    bench_harvest.add_argument("--d-model", type=int, default=768)
+    bench_harvest.add_argument("--context-size", type=int, default=128)
+    bench_harvest.add_argument("--batch-sequences", type=int, default=16, help="windows per pass")
+    bench_harvest.add_argument("--tokens", type=int, default=16_384, help="tokens per mode per round")
+    bench_harvest.add_argument("--shard-tokens", type=int, default=8192, help="rows per shard")
+    bench_harvest.add_argument(
+        "--hook", default=None, help="hook to harvest (default blocks.{min(8, layers-1)}.hook_resid_pre)"
+    )
+    bench_harvest.add_argument("--repeats", type=int, default=2, help="rounds of the three modes")
+    bench_harvest.add_argument("--threads", type=int, default=None, help="CPU threads (torch's)")
+    bench_harvest.set_defaults(handler=_bench_harvest)
 
     bench_store = bench_sub.add_parser("store", help="store read GB/s next to a numpy memmap")
     bench_store.add_argument("store", type=Path, help="store directory")

@@ -38,3 +38,33 @@ def test_bench_multi_reports_identical_weights(tmp_path: Path) -> None:
 def test_bench_train_rejects_a_malformed_grid(tmp_path: Path) -> None:
     result = sae("bench", "train", "--points", "8x256")
     assert result.returncode == 2 and "--points" in result.stderr and "Traceback" not in result.stderr
+
+
+HARVEST_KEYS = {
+    "hook", "layers", "d_model", "context_size", "tokens", "ours_tokens_per_s",
+    "forward_tokens_per_s", "saelens_tokens_per_s", "overhead_vs_forward", "speedup_vs_saelens",
+    "overhead_vs_forward_cpu", "speedup_vs_saelens_cpu",
+}  # fmt: skip
+
+
+def test_bench_harvest_writes_ours_forward_and_saelens_side_by_side(tmp_path: Path) -> None:
+    out = tmp_path / "harvest.json"
+    result = sae(
+        "bench", "harvest", "--layers", "2", "--d-model", "32", "--context-size", "16",
+        "--batch-sequences", "2", "--tokens", "64", "--shard-tokens", "32", "--repeats", "1",
+        "--json", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(out.read_text())
+    assert set(row) == HARVEST_KEYS
+    assert row["hook"] == "blocks.1.hook_resid_pre" and row["tokens"] == 64
+    rates = ("ours_tokens_per_s", "forward_tokens_per_s", "saelens_tokens_per_s")
+    assert all(row[key] > 0 for key in rates)
+    assert row["overhead_vs_forward"] == pytest.approx(
+        row["forward_tokens_per_s"] / row["ours_tokens_per_s"] - 1, rel=1e-2, abs=1e-3
+    )
+
+
+def test_bench_harvest_rejects_a_hook_the_model_does_not_have() -> None:
+    result = sae("bench", "harvest", "--layers", "2", "--hook", "blocks.5.hook_resid_pre")
+    assert result.returncode == 2 and "--hook" in result.stderr and "Traceback" not in result.stderr

@@ -19,7 +19,9 @@ def test_topk_cols_matches_a_stable_sort(n_latents: int, ties: bool) -> None:
     pre = torch.randn(64, n_latents, generator=generator)
     if ties:
         pre = pre.mul(2).round()  # a handful of distinct values: ties everywhere
-    assert torch.equal(kernels.topk_cols(pre, 5), reference_topk(pre, 5))
+    cols, values = kernels.topk_cols(pre, 5)
+    assert torch.equal(cols, reference_topk(pre, 5))
+    assert torch.equal(values, pre.gather(1, cols))
 
 
 def test_pairs_above_match_nonzero_with_a_per_latent_threshold() -> None:
@@ -27,10 +29,11 @@ def test_pairs_above_match_nonzero_with_a_per_latent_threshold() -> None:
     pre = torch.randn(50, 300, generator=generator)
     threshold = torch.rand(300, generator=generator) + 1
     counts = kernels.count_above(pre, threshold)
-    rows, cols = kernels.pairs_above(pre, threshold, counts)
+    rows, cols, values = kernels.pairs_above(pre, threshold, counts)
     expected = (pre > threshold).nonzero()
     assert torch.equal(counts, (pre > threshold).sum(-1))
     assert torch.equal(torch.stack([rows, cols], 1), expected)
+    assert torch.equal(values, pre[rows, cols])
 
 
 def test_order_by_latent_is_a_stable_sort() -> None:

@@ -73,18 +73,37 @@ def test_several_hooks_in_one_stopped_pass_equal_a_full_cached_run(
     assert bundled.hook_dims(hooks)["blocks.1.attn.hook_z"] == cfg.n_heads * cfg.d_head
 
 
-def test_the_pass_really_stops_after_the_last_needed_block(bundled: TransformerLensModel) -> None:
-    ran: list[int] = []
+def _modules_run(model: TransformerLensModel, hooks: list[str]) -> list[str]:
+    """Which blocks and attention layers started computing while reading `hooks`."""
+    ran: list[str] = []
+    modules = {f"blocks.{i}": b for i, b in enumerate(model.model.blocks)}
+    modules |= {f"blocks.{i}.attn": b.attn for i, b in enumerate(model.model.blocks)}
     handles = [
-        block.register_forward_hook(lambda *_, i=i: ran.append(i))
-        for i, block in enumerate(bundled.model.blocks)
+        module.register_forward_pre_hook(lambda *_, name=name: ran.append(name))
+        for name, module in modules.items()
     ]
     try:
-        bundled.activations(TOKENS, ["blocks.0.hook_resid_post"])
+        model.activations(TOKENS, hooks)
     finally:
         for handle in handles:
             handle.remove()
-    assert ran == [0]
+    return ran
+
+
+def test_the_pass_really_stops_after_the_last_needed_block(bundled: TransformerLensModel) -> None:
+    assert _modules_run(bundled, ["blocks.0.hook_resid_post"]) == ["blocks.0", "blocks.0.attn"]
+
+
+def test_a_block_input_hook_stops_the_pass_before_that_block_computes(
+    bundled: TransformerLensModel,
+) -> None:
+    ran = _modules_run(bundled, ["blocks.1.hook_resid_pre", "blocks.0.hook_resid_mid"])
+    assert ran == ["blocks.0", "blocks.0.attn", "blocks.1"]  # block 1 entered, never computed
+    expected = bundled.model.run_with_cache(TOKENS)[1]["blocks.1.hook_resid_pre"]
+    assert torch.equal(
+        bundled.activations(TOKENS, ["blocks.1.hook_resid_pre"])["blocks.1.hook_resid_pre"],
+        expected,
+    )
 
 
 def test_hf_module_outputs_are_the_hidden_states_and_the_pass_stops_early(hf: HFModel) -> None:

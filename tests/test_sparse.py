@@ -6,7 +6,7 @@ import torch
 from sae.config import SAEConfig
 from sae.models import REGISTRY, StepContext, build_sae
 from sae.models import base as base_module
-from sae.models.sparse import Layout, encode_at
+from sae.models.sparse import Latents, Layout, encode_at, topk_pairs
 from tests.test_models import D_IN, perturbed
 
 ARCHS = sorted(REGISTRY)
@@ -99,3 +99,20 @@ def test_row_squared_error_and_its_gradients_match_autograd() -> None:
     assert torch.autograd.gradcheck(base_module.row_sq_error, (x, bias))
     expected = (x - recon).pow(2).sum(-1).mean()
     assert torch.allclose(base_module.row_sq_error(x, recon), expected)
+
+
+def test_values_read_while_choosing_pairs_are_those_of_the_matrix_now() -> None:
+    pre = torch.randn(16, 40, generator=torch.Generator().manual_seed(3))
+    for layout in (topk_pairs(pre, 4), Layout.from_threshold(pre, 0.5).to_sparse()):
+        expected = pre.reshape(-1)[layout.flat_index()]
+        assert torch.equal(layout.gather(pre), expected)
+        assert torch.equal(layout.gather(pre), expected)  # handed out once, then read again
+    layout = topk_pairs(pre, 4)
+    pre.add_(1.0)  # changed in place after the pairs were chosen: its new values count
+    assert torch.equal(layout.gather(pre), pre.reshape(-1)[layout.flat_index()])
+
+
+def test_fired_latents_are_those_with_a_non_zero_value_in_some_row() -> None:
+    layout = Layout.from_pairs(torch.tensor([0, 0, 1, 2]), torch.tensor([1, 3, 3, 0]), 3, 5)
+    fired = Latents(torch.tensor([0.0, 2.0, 0.0, 0.0]), layout).fired()
+    assert fired.tolist() == [False, False, False, True, False]

@@ -160,3 +160,24 @@ def test_sae_train_on_a_missing_store_is_one_line(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "absent does not exist" in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_store_batches_are_read_and_hash_checked_off_the_training_thread(
+    synthetic_store, tmp_path, monkeypatch
+) -> None:
+    import threading
+
+    from sae.store.reader import ShardFiles
+
+    readers: set[str] = set()
+    read = ShardFiles.read
+
+    def recording_read(self, *args, **kwargs):
+        readers.add(threading.current_thread().name)
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(ShardFiles, "read", recording_read)
+    cfg = validate_tree(_store_tree(synthetic_store, samples=2560, checkpoint_every_steps=0))
+    source = build_source(cfg.data, cfg.seed)
+    Trainer(cfg, build_sae(cfg.sae, source.d_in, cfg.seed), source, tmp_path).fit()
+    assert readers and threading.main_thread().name not in readers, readers

@@ -4,7 +4,7 @@ Two backends share one small interface:
 
 - `TransformerLensModel`: a TransformerLens HookedTransformer; hooks are its hook points
   (`blocks.8.hook_resid_pre`, `blocks.0.mlp.hook_post`, `blocks.1.attn.hook_z`, ...). Several
-  hooks are read in one forward pass that stops after the last block any of them needs.
+  hooks are read in one forward pass, abandoned as soon as the last of them has fired.
 - `HFModel`: a plain transformers causal LM; hooks are module paths (`transformer.h.8`,
   `model.layers.3.mlp`) and read the module's output (its first element when the module
   returns a tuple), SAELens's convention for HF models. Note that `transformer.h.7`'s output
@@ -18,6 +18,7 @@ replacement function sees and returns that flattened view.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -97,6 +98,10 @@ def _examples(names: set[str]) -> str:
 # ---------------------------------------------------------------------------- TransformerLens
 
 
+class _Stop(Exception):
+    """Raised from the last hook needed, to skip the rest of the forward pass."""
+
+
 def transformer_lens_stop_layer(hooks: Iterable[str]) -> int | None:
     """Blocks to run so that every hook has fired: TransformerLens's stop_at_layer (exclusive).
 
@@ -134,13 +139,21 @@ class TransformerLensModel(LanguageModel):
 
     @torch.no_grad()
     def activations(self, tokens: Tensor, hooks: Sequence[str]) -> dict[str, Tensor]:
-        _, cache = self.model.run_with_cache(
-            tokens.to(self.device),
-            names_filter=list(hooks),
-            stop_at_layer=transformer_lens_stop_layer(hooks),
-            return_cache_object=False,
-        )
-        return {hook: flatten_heads(cache[hook]) for hook in hooks}
+        # stop_at_layer alone would still run all of the last block; the pass is abandoned as
+        # soon as the last hook has fired (blocks.8.hook_resid_pre needs blocks 0-7 only).
+        captured: dict[str, Tensor] = {}
+        waiting = set(hooks)
+
+        def capture(activation: Tensor, hook: Any) -> None:
+            captured[hook.name] = activation
+            waiting.discard(hook.name)
+            if not waiting:
+                raise _Stop
+
+        fwd_hooks = [(name, capture) for name in hooks]
+        with self.model.hooks(fwd_hooks=fwd_hooks), contextlib.suppress(_Stop):
+            self.model(tokens.to(self.device), stop_at_layer=transformer_lens_stop_layer(hooks))
+        return {hook: flatten_heads(captured[hook]) for hook in hooks}
 
     @torch.no_grad()
     def logits(
@@ -169,10 +182,6 @@ class TransformerLensModel(LanguageModel):
 
 
 # ---------------------------------------------------------------------------- plain transformers
-
-
-class _Stop(Exception):
-    """Raised from the last hook needed, to skip the rest of the forward pass."""
 
 
 def _first_tensor(output: Any) -> Tensor:

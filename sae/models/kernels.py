@@ -65,18 +65,21 @@ def _over_rows(kernel, n_rows: int, *args) -> None:  # type: ignore[no-untyped-d
 # ---------------------------------------------------------------------------- top-k per row
 
 
-def topk_cols(pre: Tensor, k: int) -> Tensor:
-    """[rows, k] latents of the k largest entries of each row, ascending within the row.
+def topk_cols(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """[rows, k] latents of the k largest entries of each row, ascending within the row, and
+    their values (read in the same pass: gathered afterwards they cost a cache miss each).
 
     Among equal values the lower latent is kept (torch.topk may keep either).
     """
     n_rows, n_latents = pre.shape
     group = min(n_latents // (_GROUPS_PER_K * k), _GROUP_WIDTHS[1])
     if not _compiled(pre) or group < _GROUP_WIDTHS[0]:
-        return pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+        cols = pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+        return cols, pre.gather(1, cols)
     cols = torch.empty(n_rows, k, dtype=torch.int64)
-    _over_rows(_topk_rows, n_rows, pre.numpy(), k, group, cols.numpy())
-    return cols
+    values = torch.empty(n_rows, k, dtype=pre.dtype)
+    _over_rows(_topk_rows, n_rows, pre.numpy(), k, group, cols.numpy(), values.numpy())
+    return cols, values
 
 
 @njit(cache=True)
@@ -112,7 +115,7 @@ def _count_at_least(a: np.ndarray, t: float) -> int:  # pragma: no cover (compil
 
 
 @njit(nogil=True, cache=True)
-def _topk_rows(pre, k, group, cols_out, start, end):  # pragma: no cover (compiled)
+def _topk_rows(pre, k, group, cols_out, values_out, start, end):  # pragma: no cover (compiled)
     n_latents = pre.shape[1]
     n_groups = (n_latents + group - 1) // group
     gmax = np.empty(n_groups, dtype=pre.dtype)
@@ -149,6 +152,7 @@ def _topk_rows(pre, k, group, cols_out, start, end):  # pragma: no cover (compil
             n -= 1
         for i in range(k):
             cols_out[r, i] = latents[i]
+            values_out[r, i] = values[i]
 
 
 # ---------------------------------------------------------------------------- pre > threshold
@@ -163,21 +167,23 @@ def count_above(pre: Tensor, threshold: Tensor) -> Tensor:
     return counts
 
 
-def pairs_above(pre: Tensor, threshold: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
-    """(rows, cols) where pre > threshold, row-major; `counts` from count_above."""
+def pairs_above(pre: Tensor, threshold: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(rows, cols, values) where pre > threshold, row-major; `counts` from count_above.
+    The values come from the same pass: gathered afterwards they cost a cache miss each."""
     if not _compiled(pre):
         rows, cols = (pre > threshold).nonzero().unbind(1)
-        return rows, cols
+        return rows, cols, pre[rows, cols]
     starts = counts.cumsum(0) - counts
     total = int(counts.sum())
     rows = torch.empty(total, dtype=torch.int64)
     cols = torch.empty(total, dtype=torch.int64)
+    values = torch.empty(total, dtype=pre.dtype)
     threshold_ = _as_array(threshold, pre)
     _over_rows(
         _pairs_above, pre.shape[0], pre.numpy(), threshold_, starts.numpy(), rows.numpy(),
-        cols.numpy(),
+        cols.numpy(), values.numpy(),
     )  # fmt: skip
-    return rows, cols
+    return rows, cols, values
 
 
 def _as_array(threshold: Tensor, pre: Tensor) -> np.ndarray:
@@ -195,7 +201,7 @@ def _count_above(pre, threshold, counts, start, end):  # pragma: no cover (compi
 
 
 @njit(nogil=True, cache=True)
-def _pairs_above(pre, threshold, starts, rows, cols, start, end):  # pragma: no cover (compiled)
+def _pairs_above(pre, threshold, starts, rows, cols, values, start, end):  # pragma: no cover
     for r in range(start, end):
         row = pre[r]
         n = starts[r]
@@ -203,6 +209,7 @@ def _pairs_above(pre, threshold, starts, rows, cols, start, end):  # pragma: no 
             if row[j] > threshold[j]:
                 rows[n] = r
                 cols[n] = j
+                values[n] = row[j]
                 n += 1
 
 
@@ -256,16 +263,19 @@ def _pair_dots_torch(a: Tensor, b: Tensor, rows: Tensor, cols: Tensor) -> Tensor
 
 # Reassociating the dot product lets it vectorise; the order is fixed by the compiled code, so
 # results stay reproducible run to run. Sums are kept in the inputs' precision, as BLAS does.
+# The sum starts from a typed constant zero: started from `x[0] * 0` (not a constant to the
+# compiler) the loop stays scalar, 2-3x slower.
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def _pair_dots(a, b, row_offsets, cols, out, start, end):  # pragma: no cover (compiled)
     n_rows, d = a.shape
     n_pairs = cols.shape[0]
+    zero = out.dtype.type(0)
     for r in range(start, end):
-        end = row_offsets[r + 1] if r + 1 < n_rows else n_pairs
+        stop = row_offsets[r + 1] if r + 1 < n_rows else n_pairs
         x = a[r]
-        for p in range(row_offsets[r], end):
+        for p in range(row_offsets[r], stop):
             y = b[cols[p]]
-            total = x[0] * 0
+            total = zero
             for i in range(d):
                 total += x[i] * y[i]
             out[p] = total

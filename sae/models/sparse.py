@@ -93,9 +93,11 @@ class Layout:
             return self
         if self.above is None:
             rows, cols = self.mask.nonzero().unbind(1)  # row-major, as the kernels expect
-        else:
-            rows, cols = kernels.pairs_above(*self.above, self._row_counts())
-        return Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
+            return Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
+        rows, cols, values = kernels.pairs_above(*self.above, self._row_counts())
+        layout = Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
+        layout.keep_values(self.above[0], values)
+        return layout
 
     def to_dense(self) -> Layout:
         if not self.sparse:
@@ -119,10 +121,20 @@ class Layout:
         """Zero what the selection left out, where the activation has not done so itself."""
         return acts * self.mask if self.mask is not None else acts
 
+    def keep_values(self, dense: Tensor, values: Tensor) -> None:
+        """Remember `dense`'s values at the pairs, read while the pairs were chosen, so that
+        gather(dense) need not read them again."""
+        self._cache["gathered"] = (dense, dense._version, values)
+
     def gather(self, dense: Tensor) -> Tensor:
         """Values of a [rows, latents] matrix at this layout's positions (no masking if dense)."""
         if not self.sparse:
             return dense
+        # Read while the pairs were listed, from this very matrix; handed out once, so no two
+        # callers (autograd outputs) share one tensor.
+        gathered = self._cache.pop("gathered", None)
+        if gathered is not None and gathered[0] is dense and gathered[1] == dense._version:
+            return gathered[2]
         return dense.reshape(-1).take(self.flat_index())
 
     def row_offsets(self) -> Tensor:
@@ -180,8 +192,11 @@ class Latents(NamedTuple):
         with torch.no_grad():
             if not self.layout.sparse:
                 return (self.values != 0).any(0)
-            fired = torch.zeros(self.layout.n_latents, dtype=torch.bool, device=self.values.device)
-            return fired.index_fill_(0, self.layout.cols[self.values != 0], True)
+            # a max per latent over the pairs: no boolean indexing, which lists the non-zero
+            # pairs first (a nonzero() pass and a copy)
+            nonzero = (self.values != 0).to(torch.uint8)
+            fired = nonzero.new_zeros(self.layout.n_latents)
+            return fired.scatter_reduce_(0, self.layout.cols, nonzero, "amax").bool()
 
     def l0(self) -> float:
         """Mean number of non-zero latents per row."""
@@ -194,9 +209,11 @@ class Latents(NamedTuple):
 
 def topk_pairs(pre: Tensor, k: int) -> Layout:
     """The k largest entries of each row, as row-major pairs (latents ascending in a row)."""
-    cols = kernels.topk_cols(pre, k).flatten()
+    cols, values = kernels.topk_cols(pre, k)
     rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k)
-    return Layout.from_pairs(rows, cols, *pre.shape)
+    layout = Layout.from_pairs(rows, cols.flatten(), *pre.shape)
+    layout.keep_values(pre, values.flatten())
+    return layout
 
 
 def batch_topk_pairs(acts: Tensor, n_keep: int) -> Layout:

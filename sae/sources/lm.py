@@ -202,11 +202,14 @@ class LMHarvestStream(HarvestStream):
         windows, tokens, keep = read
         activations = self.source.model.activations(tokens, self.hooks)
         size = tokens.shape[1]
+        everything = bool(keep.all())  # then no [rows, d] copy to drop none of them
+
+        def kept(a: Tensor) -> Tensor:
+            rows = a.reshape(-1, a.shape[-1])
+            return (rows if everything else rows[keep.to(a.device)]).cpu()
+
         return HarvestBatch(
-            activations={
-                h: a.reshape(-1, a.shape[-1])[keep.to(a.device)].cpu()
-                for h, a in activations.items()
-            },
+            activations={h: kept(a) for h, a in activations.items()},
             token_ids=tokens.reshape(-1)[keep],
             positions=torch.arange(size).repeat(len(windows))[keep],
             doc_ids=torch.stack([w.doc_ids for w in windows]).reshape(-1)[keep],

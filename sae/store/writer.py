@@ -275,7 +275,11 @@ def checked_rows(
     for name, value in columns.items():
         if name.startswith(ACTS):
             stored = value.detach().to("cpu", store_dtype).contiguous()
-            if not bool(torch.isfinite(stored).all()):
+            # A sum is non-finite whenever a value is (or, rarely, when it overflows): one
+            # reduction, several times faster than a boolean pass; the exact check follows.
+            if not bool(torch.isfinite(stored.sum(dtype=torch.float32))) and not bool(
+                torch.isfinite(stored).all()
+            ):
                 bad = ~torch.isfinite(stored).all(dim=-1)
                 row = first_row + int(bad.nonzero()[0, 0])
                 overflow = bool(torch.isfinite(value[bad]).all())
