@@ -34,6 +34,21 @@ class BatchStream(Iterator[Tensor], ABC):
         """Release background resources (prefetch threads, open files)."""
 
 
+class Wrapping:
+    """A stream over another stream, `inner`: its position and resources are the inner one's."""
+
+    inner: Any
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 @dataclass
 class HarvestBatch:
     """Rows of one forward pass as a harvest writes them: one [rows, d] tensor per hook, plus
@@ -147,35 +162,17 @@ class SampledStream(BatchStream):
         self.batches = int(state["batches"])
 
 
-class _HookDictStream(BatchStream):
+class _HookDictStream(Wrapping, BatchStream):
     def __init__(self, stream: BatchStream, hook: str):
         self.inner, self.hook = stream, hook
 
     def __next__(self) -> dict[str, Tensor]:  # type: ignore[override]
         return {self.hook: next(self.inner)}
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class _SingleHookHarvest(HarvestStream):
+class _SingleHookHarvest(Wrapping, HarvestStream):
     def __init__(self, stream: BatchStream, hook: str):
         self.inner, self.hook = stream, hook
 
     def __next__(self) -> HarvestBatch:
         return HarvestBatch(activations={self.hook: next(self.inner)})
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
-
-    def close(self) -> None:
-        self.inner.close()

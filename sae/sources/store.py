@@ -14,7 +14,7 @@ from torch import Tensor
 
 from sae.config import DataConfig
 from sae.errors import ConfigError, DataError
-from sae.sources.base import ActivationSource, BatchStream, GroundTruthSource
+from sae.sources.base import ActivationSource, BatchStream, GroundTruthSource, Wrapping
 from sae.store.format import ACTS
 from sae.store.reader import Store, StoreStream
 
@@ -106,7 +106,7 @@ class StoreSource(ActivationSource):
         return rebuilt
 
 
-class _ByHook(BatchStream):
+class _ByHook(Wrapping, BatchStream):
     """A several-column store stream keyed by hook name instead of column name."""
 
     def __init__(self, stream: StoreStream):
@@ -115,12 +115,3 @@ class _ByHook(BatchStream):
     def __next__(self) -> dict[str, Tensor]:  # type: ignore[override]
         batch = next(self.inner)
         return {column.removeprefix(ACTS): rows for column, rows in batch.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
-
-    def close(self) -> None:
-        self.inner.close()

@@ -21,7 +21,7 @@ from typing import Any
 from sae.config import TrainConfig
 from sae.distributed import World
 from sae.errors import ConfigError
-from sae.sources.base import ActivationSource, BatchStream
+from sae.sources.base import ActivationSource, BatchStream, Wrapping
 
 
 def parallel_mode(tc: TrainConfig, n_saes: int, world: World) -> str:
@@ -72,7 +72,7 @@ def rank_stream(
     return RankSlice(inner, world.rank, local)
 
 
-class RankSlice(BatchStream):
+class RankSlice(Wrapping, BatchStream):
     """Rows [rank * rows, (rank + 1) * rows) of every batch of `inner` (tensors or dicts)."""
 
     def __init__(self, inner: BatchStream, rank: int, rows: int):
@@ -83,12 +83,3 @@ class RankSlice(BatchStream):
         if isinstance(batch, dict):
             return {hook: rows[self.start : self.stop] for hook, rows in batch.items()}
         return batch[self.start : self.stop]
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
-
-    def close(self) -> None:
-        self.inner.close()
