@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -65,3 +67,15 @@ def alone(fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
     finally:
         torch.set_num_threads(threads)
+
+
+def torchrun_sae(*args: str, timeout: int) -> None:
+    """`torchrun --nproc_per_node=2 -m sae ARGS` on 127.0.0.1, one thread per rank; it must
+    succeed."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "sae", *args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from sae.store.parallel import harvest_rows_distributed
 from sae.store.writer import StoreWriter, harvest_rows, open_writer
 from sae.training.trainer import CHECKPOINT, Trainer
 from tests.conftest import write_config
-from tests.distributed_helpers import alone, free_port, run_ranks
+from tests.distributed_helpers import alone, run_ranks, torchrun_sae
 from tests.store_helpers import store_files
 
 D_IN, FEATURES = 16, 40
@@ -273,15 +271,7 @@ def test_torchrun_harvest_writes_the_single_process_store(tmp_path) -> None:
     }
     config = write_config(tmp_path / "harvest.yaml", tree)
     assert main(["harvest", str(config), "--out", str(tmp_path / "one")]) == 0
-    port = free_port()
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={port}",
-        "-m", "sae", "harvest", str(config), "--out", str(tmp_path / "two"),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun_sae("harvest", str(config), "--out", str(tmp_path / "two"), timeout=300)
     assert store_files(tmp_path / "two") == store_files(tmp_path / "one")
 
 
@@ -291,14 +281,7 @@ def test_torchrun_train_matches_the_single_process_run(store, tmp_path) -> None:
     tree["eval"] = {"samples": 512, "batch_size": 256, "threshold_batches": 1}
     config = write_config(tmp_path / "train.yaml", tree)
     assert alone(main, ["train", str(config), "--out", str(tmp_path / "one")]) == 0
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-        "-m", "sae", "train", str(config), "--out", str(tmp_path / "two"),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun_sae("train", str(config), "--out", str(tmp_path / "two"), timeout=600)
     one, two = (load_state(tmp_path / d / CHECKPOINT)["saes"]["sae"]["model"] for d in ("one", "two"))
     assert max_difference(one, two) < 1e-5
     assert (tmp_path / "two" / "sae" / "sae_weights.safetensors").exists()
