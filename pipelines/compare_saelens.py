@@ -23,9 +23,8 @@ from sae_lens.synthetic import FeatureDictionary
 from sae_lens.synthetic.training import train_toy_sae
 from torch import nn
 
-from pipelines.toy import build_ground_truth, train_and_evaluate
+from pipelines.toy import build_ground_truth, ground_truth_metrics, train_and_evaluate
 from sae.config import Config
-from sae.evaluation.ground_truth import evaluate_ground_truth
 from sae.models.matryoshka import default_widths
 from sae.seeding import derive_seed
 from sae.sources.base import GroundTruthSource
@@ -126,13 +125,7 @@ def run_compare(cfg: Config, out_json: Path | None = None) -> list[dict[str, Any
     budget = ours["seconds"]
     # SAELens may be faster or slower than us; give it room for 8x our samples, stop on time.
     theirs_sae, samples, seconds = train_saelens(cfg, source, budget, ours["samples"] * 8)
-    theirs = evaluate_ground_truth(
-        theirs_sae,
-        source,
-        samples=cfg.eval.samples,
-        batch_size=cfg.eval.batch_size,
-        seed=derive_seed(cfg.seed, "eval"),
-    ).to_dict()
+    theirs = ground_truth_metrics(cfg, theirs_sae, source)
     rows = [
         {"trainer": "sae (ours)", **_pick(ours)},
         {

@@ -19,7 +19,7 @@ from sae import distributed
 from sae.config import Config, to_dict
 from sae.errors import ConfigError
 from sae.evaluation.ground_truth import evaluate_ground_truth, recovery_profile
-from sae.evaluation.reconstruction import evaluate_reconstruction
+from sae.evaluation.reconstruction import Dictionary, evaluate_reconstruction
 from sae.io import atomic_write_json, atomic_write_text
 from sae.models import SparseAutoencoder, build_sae
 from sae.publish.saelens import save_saelens
@@ -140,14 +140,7 @@ def evaluate_and_export(
         if evaluation.browser is not None:
             atomic_write_json(out_dir / FEATURE_BROWSER, evaluation.browser)
     elif ground_truth is not None:
-        metrics = evaluate_ground_truth(
-            sae,
-            ground_truth,
-            samples=cfg.eval.samples,
-            batch_size=cfg.eval.batch_size,
-            seed=derive_seed(cfg.seed, "eval"),
-            input_scale=summary.input_scale,
-        ).to_dict()
+        metrics = ground_truth_metrics(cfg, sae, ground_truth, summary.input_scale)
     else:
         metrics = _evaluate_on_source(cfg, sae, source, summary.input_scale, hook)
     description = source.metadata()
@@ -175,6 +168,21 @@ def evaluate_and_export(
         atomic_write_json(out_dir / RECOVERY, recovery)
     build_report(out_dir)
     return result
+
+
+def ground_truth_metrics(
+    cfg: Config, sae: Dictionary, truth: GroundTruthSource, input_scale: float = 1.0
+) -> dict[str, Any]:
+    """The config's ground-truth evaluation: eval.samples fresh rows drawn on the eval seed, so
+    every dictionary scored with one config sees the same rows."""
+    return evaluate_ground_truth(
+        sae,
+        truth,
+        samples=cfg.eval.samples,
+        batch_size=cfg.eval.batch_size,
+        seed=derive_seed(cfg.seed, "eval"),
+        input_scale=input_scale,
+    ).to_dict()
 
 
 def _evaluate_on_source(
