@@ -55,7 +55,8 @@ def saelens_training_sae(cfg: Config, d_in: int) -> Any:
     sae_class, cfg_class = get_sae_training_class(arch)
     kwargs: dict[str, Any] = {"d_in": d_in, "d_sae": cfg.sae.d_sae}
     if cfg.sae.arch in ("topk", "batchtopk", "matryoshka"):
-        kwargs["k"] = cfg.sae.k
+        # SAELens's TopK takes an int (its batch variants a float), as our topk model does
+        kwargs["k"] = int(cfg.sae.k) if cfg.sae.arch == "topk" else cfg.sae.k
     if cfg.sae.arch == "matryoshka":
         kwargs["matryoshka_widths"] = list(cfg.sae.matryoshka_widths or default_widths(cfg.sae.d_sae))
     torch.manual_seed(derive_seed(cfg.seed, "saelens-init"))

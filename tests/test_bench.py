@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import tiny_tree, write_config
 from tests.test_cli import sae
 
 TRAIN_KEYS = {
@@ -24,6 +25,18 @@ def test_bench_train_writes_one_row_per_arch_and_shape(tmp_path: Path) -> None:
     assert [row["arch"] for row in rows] == ["topk", "relu"]
     assert all(set(row) == TRAIN_KEYS for row in rows)
     assert all(row["ours_samples_per_s"] > 0 and row["saelens_samples_per_s"] > 0 for row in rows)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_bench_toy_scores_both_trainers_with_the_same_metrics(tmp_path: Path, arch: str) -> None:
+    tree = tiny_tree(arch)
+    tree["train"]["samples"] = 5_000
+    out = tmp_path / "toy.json"
+    result = sae("bench", "toy", str(write_config(tmp_path / "tiny.yaml", tree)), "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    ours, theirs = json.loads(out.read_text())
+    assert ours["trainer"] == "sae (ours)" and theirs["trainer"].startswith("sae_lens")
+    assert {"mcc", "f1", "explained_variance"} <= set(ours) & set(theirs)
 
 
 @pytest.mark.slow  # the behaviour itself is tested in test_multi.py
