@@ -28,6 +28,7 @@ from sae.models.sparse import (
     Layout,
     PreActsBuffer,
     encode_at,
+    row_sq_error,
     topk_pairs,
 )
 
@@ -57,33 +58,6 @@ class StepContext:
     sparse: bool | None = None
     # the ranks sharing the batch (data-parallel): batch-level choices are made over all of it
     group: World = LOCAL
-
-
-def row_sq_error(x: Tensor, recon: Tensor) -> Tensor:
-    """Mean over rows of the summed squared error."""
-    return _RowSqError.apply(x, recon)
-
-
-class _RowSqError(torch.autograd.Function):
-    """One pass for the value and one for the gradient, where autograd's (x - r)^2 -> sum ->
-    mean takes eight over [rows, d_in]: on CPU those passes cost as much as the sparse decoder."""
-
-    @staticmethod
-    def forward(ctx, x, recon):  # type: ignore[override]
-        diff = x - recon
-        ctx.shapes = x.shape, recon.shape
-        ctx.save_for_backward(diff)
-        flat = diff.reshape(-1)
-        return torch.dot(flat, flat) / (flat.numel() // diff.shape[-1])
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        (diff,) = ctx.saved_tensors
-        x_shape, recon_shape = ctx.shapes
-        grad_diff = diff * (2 * grad / (diff.numel() // diff.shape[-1]))
-        grad_x = grad_diff.sum_to_size(x_shape) if ctx.needs_input_grad[0] else None
-        grad_recon = -grad_diff.sum_to_size(recon_shape) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_recon
 
 
 class SparseAutoencoder(nn.Module):
@@ -173,8 +147,7 @@ class SparseAutoencoder(nn.Module):
         pre = encode_at(x, self.b_dec, self.W_enc, self.b_enc, pre_all, layout)
         acts = layout.apply_mask(pre.relu() if warming else self.pair_acts(pre, layout.latent))
         latents = Latents(acts, layout)
-        recon = layout.decode(acts, self.W_dec) + self.b_dec
-        mse = row_sq_error(x, recon)
+        recon, mse = layout.decode_error(acts, self.W_dec, self.b_dec, x)
         sparsity = pre.new_zeros(()) if warming else self.sparsity_loss(pre, acts, layout, ctx)
         aux = self.extra_loss(x, pre, layout, recon, ctx)
         if aux_layout is not None:

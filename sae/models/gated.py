@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from sae.config import SAEConfig
 from sae.models.base import SparseAutoencoder, StepContext, row_sq_error
-from sae.models.sparse import LatentIndex, Layout
+from sae.models.sparse import LatentIndex, Layout, at_latents
 
 
 class GatedSAE(SparseAutoencoder):
@@ -28,12 +28,13 @@ class GatedSAE(SparseAutoencoder):
         return Layout.from_threshold(pre, 0.0)
 
     def pair_acts(self, pre: Tensor, latent: LatentIndex) -> Tensor:
-        magnitude = (pre - self.b_enc[latent]) * self.r_mag[latent].exp() + self.b_mag[latent]
+        b_enc, r_mag, b_mag = (at_latents(p, latent) for p in (self.b_enc, self.r_mag, self.b_mag))
+        magnitude = (pre - b_enc) * r_mag.exp() + b_mag
         return (pre > 0).to(pre.dtype) * magnitude.relu()
 
     def sparsity_loss(self, pre: Tensor, acts: Tensor, layout: Layout, ctx: StepContext) -> Tensor:
-        gate = pre.relu() * self.W_dec.norm(dim=-1)[layout.latent]
-        return ctx.sparsity_scale * self.cfg.l1_coefficient * gate.sum() / layout.n_rows
+        gate = layout.weighted_sum(pre.relu(), self.W_dec.norm(dim=-1))
+        return ctx.sparsity_scale * self.cfg.l1_coefficient * gate / layout.n_rows
 
     def extra_loss(
         self, x: Tensor, pre: Tensor, layout: Layout, recon: Tensor, ctx: StepContext

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from sae.config import SAEConfig
 from sae.distributed import World
 from sae.models.base import SparseAutoencoder, StepContext
-from sae.models.sparse import LatentIndex, Layout, batch_topk_pairs
+from sae.models.sparse import LatentIndex, Layout, at_latents, batch_topk_pairs
 
 
 def _kernel(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
@@ -88,10 +88,10 @@ class JumpReLUSAE(SparseAutoencoder):
         return Layout.from_threshold(pre, self.threshold - margin)
 
     def pair_acts(self, pre: Tensor, latent: LatentIndex) -> Tensor:
-        return _JumpReLU.apply(pre, self.threshold[latent], self.cfg.jumprelu_bandwidth)
+        return _JumpReLU.apply(pre, at_latents(self.threshold, latent), self.cfg.jumprelu_bandwidth)
 
     def sparsity_loss(self, pre: Tensor, acts: Tensor, layout: Layout, ctx: StepContext) -> Tensor:
-        threshold = self.threshold[layout.latent]
+        threshold = at_latents(self.threshold, layout.latent)
         l0 = _Step.apply(pre, threshold, self.cfg.jumprelu_bandwidth).sum() / layout.n_rows
         return ctx.sparsity_scale * self.cfg.l0_coefficient * l0
 

@@ -119,6 +119,9 @@ def _topk_rows(pre, k, group, cols_out, values_out, start, end):  # pragma: no c
     n_latents = pre.shape[1]
     n_groups = (n_latents + group - 1) // group
     gmax = np.empty(n_groups, dtype=pre.dtype)
+    # scratch for the candidates, allocated once: an allocation per row serialises threads
+    values = np.empty(n_groups * group, dtype=pre.dtype)
+    latents = np.empty(n_groups * group, dtype=np.int64)
     for r in range(start, end):
         row = pre[r]
         for g in range(n_groups):
@@ -129,9 +132,6 @@ def _topk_rows(pre, k, group, cols_out, values_out, start, end):  # pragma: no c
         # Any t with at least k group maxima >= t is at most the row's k-th largest value,
         # and every entry >= t sits in a group whose maximum is >= t: only those are read.
         t = _loose_kth_largest(gmax, k)
-        capacity = _count_at_least(gmax, t) * group
-        values = np.empty(capacity, dtype=pre.dtype)
-        latents = np.empty(capacity, dtype=np.int64)
         n = 0
         for g in range(n_groups):
             if gmax[g] >= t:
@@ -279,3 +279,56 @@ def _pair_dots(a, b, row_offsets, cols, out, start, end):  # pragma: no cover (c
             for i in range(d):
                 total += x[i] * y[i]
             out[p] = total
+
+
+# ---------------------------------------------------------------------------- decoding and its error
+
+
+def decode_error_applies(values: Tensor, W: Tensor, b: Tensor, x: Tensor) -> bool:
+    return all(_compiled(t) and t.dtype == x.dtype for t in (values, W, b, x))
+
+
+def decode_error(
+    values: Tensor, W: Tensor, b: Tensor, x: Tensor, cols: Tensor, row_offsets: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(recon, diff, sq, dots) for pairs in row-major order: recon[r] = b + sum over row r's
+    pairs of values[p] * W[cols[p]], diff = x - recon, sq[r] = ||diff[r]||^2, and for every
+    pair dots[p] = diff[rows[p]] . W[cols[p]] (the error's gradient at the pair, up to a
+    factor). One pass per row, with the row's decoder rows still in cache for the dots. For
+    CPU tensors of one float dtype (decode_error_applies)."""
+    recon, diff = torch.empty_like(x), torch.empty_like(x)
+    sq = torch.empty(x.shape[0], dtype=x.dtype)
+    dots = torch.empty(cols.numel(), dtype=x.dtype)
+    tensors = (values, W, b, x, row_offsets, cols, recon, diff, sq, dots)
+    arrays = (t.detach().numpy() for t in tensors)
+    _over_rows(_decode_error, x.shape[0], *arrays)
+    return recon, diff, sq, dots
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _decode_error(values, W, b, x, row_offsets, cols, recon, diff, sq, dots, start, end):  # pragma: no cover
+    n_rows, d = x.shape
+    n_pairs = cols.shape[0]
+    zero = x.dtype.type(0)
+    for r in range(start, end):
+        stop = row_offsets[r + 1] if r + 1 < n_rows else n_pairs
+        acc = recon[r]
+        for i in range(d):
+            acc[i] = b[i]
+        for p in range(row_offsets[r], stop):
+            v = values[p]
+            w = W[cols[p]]
+            for i in range(d):
+                acc[i] += v * w[i]
+        e = diff[r]
+        total = zero
+        for i in range(d):
+            e[i] = x[r, i] - acc[i]
+            total += e[i] * e[i]
+        sq[r] = total
+        for p in range(row_offsets[r], stop):
+            w = W[cols[p]]
+            dot = zero
+            for i in range(d):
+                dot += e[i] * w[i]
+            dots[p] = dot

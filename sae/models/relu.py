@@ -22,8 +22,8 @@ class ReLUSAE(SparseAutoencoder):
         return Layout.from_threshold(pre, 0.0)
 
     def sparsity_loss(self, pre: Tensor, acts: Tensor, layout: Layout, ctx: StepContext) -> Tensor:
-        weighted = acts * self.W_dec.norm(dim=-1)[layout.latent]
-        return ctx.sparsity_scale * self.cfg.l1_coefficient * weighted.sum() / layout.n_rows
+        weighted = layout.weighted_sum(acts, self.W_dec.norm(dim=-1))
+        return ctx.sparsity_scale * self.cfg.l1_coefficient * weighted / layout.n_rows
 
     @torch.no_grad()
     def fit_inference(self, batches: list[Tensor]) -> None:

@@ -169,6 +169,24 @@ class Layout:
             return values @ W_dec
         return _PairDecode.apply(values, W_dec, self)
 
+    def decode_error(
+        self, values: Tensor, W_dec: Tensor, b_dec: Tensor, x: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(recon, mse): recon = latents @ W_dec + b_dec, and the mean over rows of
+        ||x - recon||^2; on CPU with a sparse layout in one compiled pass per row."""
+        if self.sparse and kernels.decode_error_applies(values, W_dec, b_dec, x):
+            return _DecodeError.apply(values, W_dec, b_dec, x, self)
+        recon = self.decode(values, W_dec) + b_dec
+        return recon, row_sq_error(x, recon)
+
+    def weighted_sum(self, values: Tensor, per_latent: Tensor) -> Tensor:
+        """The sum over pairs of value * per_latent[its latent]. Summed per latent first, so
+        that per_latent's gradient is a gather rather than an accumulating scatter."""
+        if not self.sparse:
+            return (values * per_latent).sum()
+        sums = values.new_zeros(self.n_latents).index_add(0, self.cols, values)
+        return torch.dot(sums, per_latent.to(sums.dtype))
+
     def dense(self, values: Tensor) -> Tensor:
         """The [rows, latents] matrix of the values (zero elsewhere)."""
         if not self.sparse:
@@ -176,6 +194,13 @@ class Layout:
         out = values.new_zeros(self.n_rows * self.n_latents)
         out[self.flat_index()] = values
         return out.view(self.n_rows, self.n_latents)
+
+
+def at_latents(param: Tensor, latent: LatentIndex) -> Tensor:
+    """A per-latent parameter at each pair's latent ([nnz] index), or itself to broadcast over
+    a dense matrix (ALL). index_select rather than param[latent]: its gradient is an index_add,
+    where indexing's is an accumulating index_put, several times slower on CPU."""
+    return param if isinstance(latent, slice) else param.index_select(0, latent)
 
 
 class Latents(NamedTuple):
@@ -275,6 +300,33 @@ class PreActsBuffer:
             return torch.mm(inputs, weights, out=out)
 
 
+def row_sq_error(x: Tensor, recon: Tensor) -> Tensor:
+    """Mean over rows of the summed squared error."""
+    return _RowSqError.apply(x, recon)
+
+
+class _RowSqError(torch.autograd.Function):
+    """One pass for the value and one for the gradient, where autograd's (x - r)^2 -> sum ->
+    mean takes eight over [rows, d_in]: on CPU those passes cost as much as the sparse decoder."""
+
+    @staticmethod
+    def forward(ctx, x, recon):  # type: ignore[override]
+        diff = x - recon
+        ctx.shapes = x.shape, recon.shape
+        ctx.save_for_backward(diff)
+        flat = diff.reshape(-1)
+        return torch.dot(flat, flat) / (flat.numel() // diff.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (diff,) = ctx.saved_tensors
+        x_shape, recon_shape = ctx.shapes
+        grad_diff = diff * (2 * grad / (diff.numel() // diff.shape[-1]))
+        grad_x = grad_diff.sum_to_size(x_shape) if ctx.needs_input_grad[0] else None
+        grad_recon = -grad_diff.sum_to_size(recon_shape) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_recon
+
+
 def encode_at(
     x: Tensor, b_dec: Tensor, W_enc: Tensor, b_enc: Tensor, pre: Tensor, layout: Layout
 ) -> Tensor:
@@ -311,10 +363,12 @@ class _EncodeAt(torch.autograd.Function):
         grad = grad.to(xc.dtype)
         grad_x = grad_W = None
         if layout.sparse:
-            latent_sums = torch.zeros(layout.n_latents, dtype=grad.dtype, device=grad.device)
-            latent_sums.index_add_(0, layout.cols, grad)
             if need_W:
-                grad_W = _sum_rows_per_latent(xc, grad, layout).t()
+                grad_W, latent_sums = _per_latent_sums(xc, grad, layout)
+                grad_W = grad_W.t()
+            else:
+                latent_sums = torch.zeros(layout.n_latents, dtype=grad.dtype, device=grad.device)
+                latent_sums.index_add_(0, layout.cols, grad)
             if need_x:
                 grad_x = F.embedding_bag(
                     layout.cols,
@@ -354,6 +408,42 @@ class _PairDecode(torch.autograd.Function):
         return grad_values, grad_W, None
 
 
+class _DecodeError(torch.autograd.Function):
+    """Layout.decode_error on CPU: the decoder, the error and the dot products its gradient
+    needs at the pairs, all in one pass per row (kernels.decode_error); in the backward pass
+    only scalings and the per-latent sums for W_dec's gradient are left. Eleven passes over
+    [rows, d_in] (decode, bias, difference, square, sum, and their gradients) become one."""
+
+    @staticmethod
+    def forward(ctx, values, W_dec, b_dec, x, layout):  # type: ignore[override]
+        recon, diff, sq, dots = kernels.decode_error(
+            values, W_dec, b_dec, x, layout.cols, layout.row_offsets()
+        )
+        ctx.layout = layout
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(values, W_dec, diff, dots)
+        return recon, sq.sum() / x.shape[0]
+
+    @staticmethod
+    def backward(ctx, grad_recon, grad_mse):  # type: ignore[override]
+        values, W_dec, diff, dots = ctx.saved_tensors
+        layout: Layout = ctx.layout
+        need_values, need_W, need_b, need_x = ctx.needs_input_grad[:4]
+        # d mse / d recon = -2 diff / rows; d mse / d x = +2 diff / rows
+        scale = diff.new_zeros(()) if grad_mse is None else -2 * grad_mse / diff.shape[0]
+        if grad_recon is None:
+            grad_out, grad_values = diff, dots * scale if need_values else None
+        else:  # recon is used beyond the error as well: its gradient joins the error's
+            grad_out, scale = grad_recon + diff * scale, scale.new_ones(())
+            grad_values = _pair_dots(grad_out, W_dec, layout) if need_values else None
+        grad_W = _sum_rows_per_latent(grad_out, values, layout) * scale if need_W else None
+        grad_b = grad_out.sum(0) * scale if need_b else None
+        grad_x = None
+        if need_x:
+            grad_x = diff * (2 * grad_mse / diff.shape[0]) if grad_mse is not None else None
+        return grad_values, grad_W, grad_b, grad_x, None
+
+
 def _pair_dots(rows_of: Tensor, latents_of: Tensor, layout: Layout) -> Tensor:
     """For every pair (r, j): rows_of[r] . latents_of[j], without gathering [nnz, d] rows."""
     return kernels.pair_dots(
@@ -368,11 +458,19 @@ def _pair_dots(rows_of: Tensor, latents_of: Tensor, layout: Layout) -> Tensor:
 def _sum_rows_per_latent(rows_of: Tensor, weights: Tensor, layout: Layout) -> Tensor:
     """[n_latents, d]: for each latent j, the sum over its pairs (r, j) of weight * rows_of[r].
     One embedding bag per latent over its pairs, in a fixed order: deterministic."""
+    return _per_latent_sums(rows_of, weights, layout)[0]
+
+
+def _per_latent_sums(rows_of: Tensor, weights: Tensor, layout: Layout) -> tuple[Tensor, Tensor]:
+    """(_sum_rows_per_latent, and the sum of each latent's weights)."""
     order, offsets = layout.by_col()
-    return F.embedding_bag(
+    sums = torch.zeros(layout.n_latents, dtype=weights.dtype, device=weights.device)
+    sums.index_add_(0, layout.cols, weights)
+    sums_of_rows = F.embedding_bag(
         layout.rows.index_select(0, order),
         rows_of,
         offsets,
         per_sample_weights=weights.index_select(0, order),
         mode="sum",
     )
+    return sums_of_rows, sums
