@@ -4,8 +4,10 @@ For each (arch, d, m, batch) both trainers step on the same pre-generated batche
 a synthetic SAELens model with d dims), so data generation is timed on neither side. After a
 few warm-up steps, steps of ours, steps of SAELens's `SAETrainer.step` and a plain dense
 matmul [batch, d] x [d, m] in the dtype our encoder uses (the bound: the one product no SAE
-step can avoid) are interleaved, so a change in machine load hits all three alike; each
-figure is the median of its timed repetitions.
+step can avoid) are interleaved, one of each per round, so a change in machine load hits all
+three alike. Rates are medians over the rounds; `speedup` and `bound_ratio` are medians of the
+per-round ratios, so a slow stretch of the shared machine that hits one round's three steps
+cancels out in that round's ratio instead of skewing one side's median.
 
 Ours is the trainer's real step (`SAETraining.train_step`: forward, backward, decoder-norm
 handling, clipping, Adam, dead-latent counters); SAELens's is its own step with the matching
@@ -129,21 +131,28 @@ def _bench_point(
             _sync(device)
             times[name].append(time.perf_counter() - started)
     per_step = {name: statistics.median(ts) for name, ts in times.items()}
-    ours_rate = point.batch / per_step["ours"]
     theirs_rate = point.batch / per_step["saelens"] if theirs is not None else float("nan")
+    speedup = float("nan")
+    if theirs is not None:
+        speedup = _median_ratio(times["saelens"], times["ours"])
     return {
         "arch": point.label,
         "d": point.d,
         "m": point.m,
         "batch": point.batch,
-        "ours_samples_per_s": round(ours_rate, 1),
+        "ours_samples_per_s": round(point.batch / per_step["ours"], 1),
         "saelens_samples_per_s": round(theirs_rate, 1),
-        "speedup": round(ours_rate / theirs_rate, 2),
+        "speedup": round(speedup, 2),
         "bound_samples_per_s": round(point.batch / per_step["bound"], 1),
-        "bound_ratio": round(per_step["ours"] / per_step["bound"], 2),
+        "bound_ratio": round(_median_ratio(times["ours"], times["bound"]), 2),
         "l0": round(ours.l0, 1),
         "dtype": "bf16" if bf16 else "fp32",
     }
+
+
+def _median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median over rounds of numerator / denominator, each pair timed in the same round."""
+    return statistics.median(a / b for a, b in zip(numerators, denominators, strict=True))
 
 
 def _sync(device: torch.device) -> None:

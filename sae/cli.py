@@ -14,12 +14,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sae import threads
 from sae.errors import UserError
 
-# Before torch loads its OpenMP runtime: idle worker threads sleep instead of spinning. On a
-# machine shared with other jobs, spinning threads wait a whole scheduler slice at every
-# parallel region; a tiny model's forward pass measured 100x slower (2 s instead of 17 ms).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+threads.configure()  # before torch loads its OpenMP runtime
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -342,8 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--points", default="128x1024x4096,512x8192x4096", help="shapes DxMxB, comma-separated"
     )
     train.add_argument("--archs", default="topk,relu", help="topk and/or relu, comma-separated")
-    train.add_argument("--warmup", type=int, default=2, help="untimed steps first, each side")
-    train.add_argument("--steps", type=int, default=5, help="timed steps, each side")
+    train.add_argument("--warmup", type=int, default=3, help="untimed steps first, each side")
+    train.add_argument("--steps", type=int, default=15, help="timed rounds (one step of each side per round)")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     train.add_argument(

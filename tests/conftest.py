@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as sae/cli.py, before torch loads
+from sae import threads
+
+threads.configure()  # as sae/cli.py, before torch loads
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
