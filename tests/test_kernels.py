@@ -12,11 +12,13 @@ def reference_topk(pre: torch.Tensor, k: int) -> torch.Tensor:
     return order[:, :k].sort(dim=-1).values
 
 
-@pytest.mark.parametrize("n_latents", [512, 1000])  # a partial last group too
+# a partial last group too; 9000: wider than kernels._SCAN_MAX_LATENTS (the group-wise loop)
+@pytest.mark.parametrize("n_latents", [512, 1000, 9000])
 @pytest.mark.parametrize("ties", [False, True])
-def test_topk_cols_matches_a_stable_sort(n_latents: int, ties: bool) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_topk_cols_matches_a_stable_sort(n_latents: int, ties: bool, dtype: torch.dtype) -> None:
     generator = torch.Generator().manual_seed(n_latents)
-    pre = torch.randn(64, n_latents, generator=generator)
+    pre = torch.randn(64, n_latents, generator=generator, dtype=dtype)
     if ties:
         pre = pre.mul(2).round()  # a handful of distinct values: ties everywhere
     cols, values = kernels.topk_cols(pre, 5)
@@ -52,3 +54,14 @@ def test_pair_dots_match_the_dense_product() -> None:
     counts = torch.bincount(rows, minlength=30)
     dots = kernels.pair_dots(a, b, rows, cols, counts.cumsum(0) - counts)
     assert torch.allclose(dots, (a @ b.T)[rows, cols], atol=1e-5)
+
+
+def test_topk_cols_keeps_nan_as_the_largest_value_like_torch() -> None:
+    # a NaN pre-activation must reach the loss, where training stops with a clear error
+    pre = torch.randn(4, 512, generator=torch.Generator().manual_seed(3))
+    pre[1, 7] = float("nan")
+    pre[2] = float("nan")
+    cols, values = kernels.topk_cols(pre, 5)
+    assert 7 in cols[1].tolist() and values[1].isnan().sum() == 1
+    assert torch.equal(cols[2], torch.arange(5)) and values[2].isnan().all()
+    assert torch.equal(cols[0], reference_topk(pre[:1], 5)[0])

@@ -78,8 +78,95 @@ def topk_cols(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
         return cols, pre.gather(1, cols)
     cols = torch.empty(n_rows, k, dtype=torch.int64)
     values = torch.empty(n_rows, k, dtype=pre.dtype)
-    _over_rows(_topk_rows, n_rows, pre.numpy(), k, group, cols.numpy(), values.numpy())
+    if n_latents <= _SCAN_MAX_LATENTS:
+        bits = pre.numpy().view(np.int32 if pre.dtype == torch.float32 else np.int64)
+        n_groups = -(-n_latents // group)
+        out = (cols.numpy(), values.numpy())
+        _over_rows(_topk_rows_by_key, n_rows, pre.numpy(), bits, k, n_groups, *out)
+    else:
+        _over_rows(_topk_rows, n_rows, pre.numpy(), k, group, cols.numpy(), values.numpy())
     return cols, values
+
+
+# Up to this many latents a row is cheaper to scan whole, branch-free, for the entries above
+# the group threshold (_topk_rows_by_key) than group by group with a quadratic trim of the
+# excess (_topk_rows). Measured per 4096 rows, k=32: 10 vs 23 ms at 1024 latents, even at
+# 8192; at 16384 latents (k=64) the scan is 25% slower.
+_SCAN_MAX_LATENTS = 8192
+
+
+@njit(cache=True, inline="always")
+def _ceil_mid(lo, hi):  # type: ignore[no-untyped-def]  # pragma: no cover (compiled)
+    return (lo >> 1) + (hi >> 1) + ((lo | hi) & 1)  # ceil((lo + hi) / 2) without overflow
+
+
+@njit(nogil=True, cache=True)
+def _topk_rows_by_key(pre, bits, k, n_groups, cols_out, values_out, start, end):  # pragma: no cover
+    """_topk_rows on integer keys ordered as the floats are (a positive NaN above +inf, as
+    torch.topk has it), so both bisections below are exact and end within 32 (64) rounds."""
+    n_latents = pre.shape[1]
+    sign = bits.dtype.type(bits.itemsize * 8 - 1)
+    low = ~(bits.dtype.type(1) << sign)
+    keys = np.empty(n_latents, dtype=bits.dtype)
+    gmax = np.empty(n_groups, dtype=bits.dtype)
+    cand = np.empty(n_latents, dtype=np.int64)
+    for r in range(start, end):
+        row = bits[r]
+        for j in range(n_latents):
+            b = row[j]
+            keys[j] = b ^ ((b >> sign) & low)
+        # maxima of the strided groups {g, g + G, ...}: elementwise over contiguous slices
+        for g in range(n_groups):
+            gmax[g] = keys[g]
+        for base in range(n_groups, n_latents, n_groups):
+            for g in range(min(n_groups, n_latents - base)):
+                gmax[g] = max(gmax[g], keys[base + g])
+        # t with at least k (not many more) group maxima >= t: the k largest are all >= t
+        lo, hi = gmax.min(), gmax.max()
+        while lo < hi:
+            mid = _ceil_mid(lo, hi)
+            c = 0
+            for g in range(n_groups):
+                c += gmax[g] >= mid
+            if c >= k:
+                lo = mid
+                if c <= k + k // 4:
+                    break
+            else:
+                hi = mid - 1
+        n = 0
+        for j in range(n_latents):
+            cand[n] = j  # written always, kept if >= t: no branch to mispredict
+            n += keys[j] >= lo
+        # T among the candidates: exactly k keys >= T, or T is the k-th largest key
+        lo, hi = keys[cand[0]], keys[cand[0]]
+        for i in range(1, n):
+            lo = min(lo, keys[cand[i]])
+            hi = max(hi, keys[cand[i]])
+        while lo < hi:
+            mid = _ceil_mid(lo, hi)
+            c = 0
+            for i in range(n):
+                c += keys[cand[i]] >= mid
+            if c >= k:
+                lo = mid
+                if c == k:
+                    break
+            else:
+                hi = mid - 1
+        above = 0
+        for i in range(n):
+            above += keys[cand[i]] > lo
+        ties = k - above  # of the keys equal to T, the lowest latents are kept
+        m = 0
+        for i in range(n):
+            j = cand[i]
+            key = keys[j]
+            if key > lo or (key == lo and ties > 0):
+                ties -= key == lo
+                cols_out[r, m] = j
+                values_out[r, m] = pre[r, j]
+                m += 1
 
 
 @njit(cache=True)
