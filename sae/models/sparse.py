@@ -94,9 +94,11 @@ class Layout:
         if self.above is None:
             rows, cols = self.mask.nonzero().unbind(1)  # row-major, as the kernels expect
             return Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
-        rows, cols, values = kernels.pairs_above(*self.above, self._row_counts())
+        counts = self._row_counts()
+        rows, cols, values = kernels.pairs_above(*self.above, counts)
         layout = Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
         layout.keep_values(self.above[0], values)
+        layout._cache["row_offsets"] = counts.cumsum(0) - counts  # known: no bincount
         return layout
 
     def to_dense(self) -> Layout:
@@ -150,6 +152,12 @@ class Layout:
         if "by_col" not in self._cache:
             self._cache["by_col"] = kernels.order_by_latent(self.cols, self.n_latents)
         return self._cache["by_col"]
+
+    def rows_by_col(self) -> Tensor:
+        """The pairs' rows in by_col() order (shared by the decoder's and encoder's gradients)."""
+        if "rows_by_col" not in self._cache:
+            self._cache["rows_by_col"] = self.rows.index_select(0, self.by_col()[0])
+        return self._cache["rows_by_col"]
 
     def restrict(self, values: Tensor, start: int, end: int) -> tuple[Tensor, Layout]:
         """The values and layout of latents [start, end) only (matryoshka prefixes)."""
@@ -238,6 +246,7 @@ def topk_pairs(pre: Tensor, k: int) -> Layout:
     rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k)
     layout = Layout.from_pairs(rows, cols.flatten(), *pre.shape)
     layout.keep_values(pre, values.flatten())
+    layout._cache["row_offsets"] = torch.arange(0, rows.numel(), k, device=pre.device)
     return layout
 
 
@@ -467,7 +476,7 @@ def _per_latent_sums(rows_of: Tensor, weights: Tensor, layout: Layout) -> tuple[
     sums = torch.zeros(layout.n_latents, dtype=weights.dtype, device=weights.device)
     sums.index_add_(0, layout.cols, weights)
     sums_of_rows = F.embedding_bag(
-        layout.rows.index_select(0, order),
+        layout.rows_by_col(),
         rows_of,
         offsets,
         per_sample_weights=weights.index_select(0, order),
