@@ -289,15 +289,18 @@ def _count_above(pre, threshold, counts, start, end):  # pragma: no cover (compi
 
 @njit(nogil=True, cache=True)
 def _pairs_above(pre, threshold, starts, rows, cols, values, start, end):  # pragma: no cover
+    found = np.empty(pre.shape[1], dtype=np.int64)
     for r in range(start, end):
         row = pre[r]
-        n = starts[r]
+        n = 0
         for j in range(row.shape[0]):
-            if row[j] > threshold[j]:
-                rows[n] = r
-                cols[n] = j
-                values[n] = row[j]
-                n += 1
+            found[n] = j  # written always, kept if above: no branch to mispredict
+            n += row[j] > threshold[j]
+        first = starts[r]
+        for i in range(n):
+            rows[first + i] = r
+            cols[first + i] = found[i]
+            values[first + i] = row[found[i]]
 
 
 # ---------------------------------------------------------------------------- grouping by latent
