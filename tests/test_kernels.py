@@ -65,3 +65,16 @@ def test_topk_cols_keeps_nan_as_the_largest_value_like_torch() -> None:
     assert 7 in cols[1].tolist() and values[1].isnan().sum() == 1
     assert torch.equal(cols[2], torch.arange(5)) and values[2].isnan().all()
     assert torch.equal(cols[0], reference_topk(pre[:1], 5)[0])
+
+
+def test_sums_per_latent_match_a_sum_over_each_latents_pairs() -> None:
+    generator = torch.Generator().manual_seed(4)
+    rows_of, weights = torch.randn(30, 7, generator=generator), torch.randn(300, generator=generator)
+    mask = torch.rand(30, 50, generator=generator) < 0.2
+    rows, cols = mask.nonzero().unbind(1)
+    weights = weights[: rows.numel()]
+    counts = torch.bincount(rows, minlength=30)
+    out, sums = kernels.sums_per_latent(rows_of, weights, cols, counts.cumsum(0) - counts, 50)
+    dense = torch.zeros(30, 50).index_put_((rows, cols), weights)
+    assert torch.allclose(out, dense.T @ rows_of, atol=1e-5)
+    assert torch.allclose(sums, dense.sum(0), atol=1e-6)

@@ -371,6 +371,57 @@ def _pair_dots(a, b, row_offsets, cols, out, start, end):  # pragma: no cover (c
             out[p] = total
 
 
+# ---------------------------------------------------------------------------- sums per latent
+
+
+_SCATTER_MAX_BYTES = 1 << 20
+
+
+def sums_per_latent(
+    rows_of: Tensor, weights: Tensor, cols: Tensor, row_offsets: Tensor, n_latents: int
+) -> tuple[Tensor, Tensor] | None:
+    """([n_latents, d], [n_latents]): for each latent j, the sum over its pairs p of
+    weights[p] * rows_of[row of p], and the sum of its weights; pairs in row-major order. None
+    where the compiled loop does not apply (the caller groups pairs by latent instead).
+
+    The pairs are visited in row-major order, adding into the latent's output row: rows_of is
+    read once, in order, and nothing has to be grouped by latent first (a counting sort and
+    two gathers, which cost more than the sums). Each latent still sums its pairs in row
+    order, the order an embedding bag over pairs grouped stably by latent uses: results are
+    identical. One thread: a second, splitting the latents, measured slower.
+
+    The output is written in random order, so this pays while it stays in a core's cache:
+    measured 10% faster training steps at [1024, 128] (512 KiB), 15% slower at [8192, 512].
+    """
+    if not (_compiled(rows_of) and _compiled(weights) and rows_of.dtype == weights.dtype):
+        return None
+    if n_latents * rows_of.shape[1] * rows_of.element_size() > _SCATTER_MAX_BYTES:
+        return None
+    out = torch.empty(n_latents, rows_of.shape[1], dtype=rows_of.dtype)
+    sums = torch.empty(n_latents, dtype=rows_of.dtype)
+    arrays = (t.detach().numpy() for t in (rows_of, weights, row_offsets, cols, out, sums))
+    _sums_per_latent(*arrays)
+    return out, sums
+
+
+@njit(nogil=True, cache=True)
+def _sums_per_latent(rows_of, weights, row_offsets, cols, out, sums):  # pragma: no cover
+    n_rows, d = rows_of.shape
+    n_pairs = cols.shape[0]
+    out[:] = 0
+    sums[:] = 0
+    for r in range(n_rows):
+        stop = row_offsets[r + 1] if r + 1 < n_rows else n_pairs
+        src = rows_of[r]
+        for p in range(row_offsets[r], stop):
+            j = cols[p]
+            w = weights[p]
+            sums[j] += w
+            acc = out[j]
+            for i in range(d):
+                acc[i] += w * src[i]
+
+
 # ---------------------------------------------------------------------------- decoding and its error
 
 

@@ -472,6 +472,11 @@ def _sum_rows_per_latent(rows_of: Tensor, weights: Tensor, layout: Layout) -> Te
 
 def _per_latent_sums(rows_of: Tensor, weights: Tensor, layout: Layout) -> tuple[Tensor, Tensor]:
     """(_sum_rows_per_latent, and the sum of each latent's weights)."""
+    compiled = kernels.sums_per_latent(
+        rows_of, weights, layout.cols, layout.row_offsets(), layout.n_latents
+    )
+    if compiled is not None:
+        return compiled
     order, offsets = layout.by_col()
     sums = torch.zeros(layout.n_latents, dtype=weights.dtype, device=weights.device)
     sums.index_add_(0, layout.cols, weights)
