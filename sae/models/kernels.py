@@ -47,19 +47,30 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _over_rows(kernel, n_rows: int, *args) -> None:  # type: ignore[no-untyped-def]
-    """Run kernel(*args, start, end) over blocks of rows, one block per torch thread."""
-    global _pool
+def _row_blocks(n_rows: int) -> list[tuple[int, int]]:
+    """[start, end) of each block of rows: one block per torch thread, none too small."""
     n_blocks = max(1, min(torch.get_num_threads(), n_rows // _MIN_ROWS_PER_BLOCK))
     bounds = [n_rows * i // n_blocks for i in range(n_blocks + 1)]
-    if n_blocks == 1:
-        kernel(*args, 0, n_rows)
+    return list(zip(bounds, bounds[1:], strict=False))
+
+
+def _run(calls: list[tuple]) -> None:  # type: ignore[type-arg]
+    """Run each (kernel, *args) call, on the pool when there are several."""
+    global _pool
+    if len(calls) == 1:
+        kernel, *args = calls[0]
+        kernel(*args)
         return
-    if _pool is None or _pool._max_workers < n_blocks:  # noqa: SLF001
-        _pool = ThreadPoolExecutor(n_blocks, thread_name_prefix="sae-kernel")
-    jobs = [_pool.submit(kernel, *args, lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False)]
+    if _pool is None or _pool._max_workers < len(calls):  # noqa: SLF001
+        _pool = ThreadPoolExecutor(len(calls), thread_name_prefix="sae-kernel")
+    jobs = [_pool.submit(*call) for call in calls]
     for job in jobs:
         job.result()
+
+
+def _over_rows(kernel, n_rows: int, *args) -> None:  # type: ignore[no-untyped-def]
+    """Run kernel(*args, start, end) over blocks of rows, one block per torch thread."""
+    _run([(kernel, *args, lo, hi) for lo, hi in _row_blocks(n_rows)])
 
 
 # ---------------------------------------------------------------------------- top-k per row
@@ -386,9 +397,9 @@ def sums_per_latent(
 
     The pairs are visited in row-major order, adding into the latent's output row: rows_of is
     read once, in order, and nothing has to be grouped by latent first (a counting sort and
-    two gathers, which cost more than the sums). Each latent still sums its pairs in row
-    order, the order an embedding bag over pairs grouped stably by latent uses: results are
-    identical. One thread: a second, splitting the latents, measured slower.
+    two gathers, which cost more than the sums). Each block of rows (one per thread) adds into
+    an output of its own; the blocks' outputs are then added in order, so results are the
+    same run to run for a given number of threads.
 
     The output is written in random order, so this pays while it stays in a core's cache:
     measured 10% faster training steps at [1024, 128] (512 KiB), 15% slower at [8192, 512].
@@ -397,20 +408,26 @@ def sums_per_latent(
         return None
     if n_latents * rows_of.shape[1] * rows_of.element_size() > _SCATTER_MAX_BYTES:
         return None
-    out = torch.empty(n_latents, rows_of.shape[1], dtype=rows_of.dtype)
-    sums = torch.empty(n_latents, dtype=rows_of.dtype)
-    arrays = (t.detach().numpy() for t in (rows_of, weights, row_offsets, cols, out, sums))
-    _sums_per_latent(*arrays)
-    return out, sums
+    blocks = _row_blocks(rows_of.shape[0])
+    out = torch.empty(len(blocks), n_latents, rows_of.shape[1], dtype=rows_of.dtype)
+    sums = torch.empty(len(blocks), n_latents, dtype=rows_of.dtype)
+    inputs = [t.detach().numpy() for t in (rows_of, weights, row_offsets, cols)]
+    _run(
+        [
+            (_sums_per_latent, *inputs, out[i].numpy(), sums[i].numpy(), lo, hi)
+            for i, (lo, hi) in enumerate(blocks)
+        ]
+    )
+    return (out[0], sums[0]) if len(blocks) == 1 else (out.sum(0), sums.sum(0))
 
 
 @njit(nogil=True, cache=True)
-def _sums_per_latent(rows_of, weights, row_offsets, cols, out, sums):  # pragma: no cover
+def _sums_per_latent(rows_of, weights, row_offsets, cols, out, sums, start, end):  # pragma: no cover
     n_rows, d = rows_of.shape
     n_pairs = cols.shape[0]
     out[:] = 0
     sums[:] = 0
-    for r in range(n_rows):
+    for r in range(start, end):
         stop = row_offsets[r + 1] if r + 1 < n_rows else n_pairs
         src = rows_of[r]
         for p in range(row_offsets[r], stop):
