@@ -121,6 +121,7 @@ def _topk_rows_by_key(pre, bits, k, n_groups, cols_out, values_out, start, end):
     keys = np.empty(n_latents, dtype=bits.dtype)
     gmax = np.empty(n_groups, dtype=bits.dtype)
     cand = np.empty(n_latents, dtype=np.int64)
+    guess = bits.dtype.type(0)
     for r in range(start, end):
         row = bits[r]
         for j in range(n_latents):
@@ -132,8 +133,19 @@ def _topk_rows_by_key(pre, bits, k, n_groups, cols_out, values_out, start, end):
         for base in range(n_groups, n_latents, n_groups):
             for g in range(min(n_groups, n_latents - base)):
                 gmax[g] = max(gmax[g], keys[base + g])
-        # t with at least k (not many more) group maxima >= t: the k largest are all >= t
+        # t with at least k (not many more) group maxima >= t: the k largest are all >= t.
+        # Rows of a batch are alike, so the previous row's t is tried first: it often ends
+        # the bisection in one round, and otherwise narrows it.
         lo, hi = gmax.min(), gmax.max()
+        if r > start and lo < guess <= hi:
+            c = 0
+            for g in range(n_groups):
+                c += gmax[g] >= guess
+            if c >= k:
+                lo = guess
+                hi = lo if c <= k + k // 4 else hi
+            else:
+                hi = guess - 1
         while lo < hi:
             mid = _ceil_mid(lo, hi)
             c = 0
@@ -145,6 +157,7 @@ def _topk_rows_by_key(pre, bits, k, n_groups, cols_out, values_out, start, end):
                     break
             else:
                 hi = mid - 1
+        guess = lo
         n = 0
         for j in range(n_latents):
             cand[n] = j  # written always, kept if >= t: no branch to mispredict
