@@ -1,4 +1,6 @@
-"""Choosing a batch's active (row, latent) pairs: compiled CPU loops, torch ops elsewhere.
+"""Choosing a batch's active (row, latent) pairs, and the passes over those pairs that cost
+most after them (decoding with its error, sums per latent): compiled CPU loops, torch ops
+elsewhere.
 
 After the encoder matmul, choosing the pairs is the largest cost of a sparse training step on
 CPU: torch's row-wise top-k sorts (value, index) pairs per row, and `(pre > t).nonzero()`
@@ -10,7 +12,7 @@ The loops run over blocks of rows on a small pool of ordinary threads (they rele
 not on numba's own parallel runtime: a second OpenMP runtime next to torch's spins for the
 cores torch is about to use, and measured 4x slower steps on 2 cores.
 
-Every function returns pairs in row-major order with latents ascending within a row, so
+Every selection returns pairs in row-major order with latents ascending within a row, so
 results do not depend on which implementation ran.
 """
 
