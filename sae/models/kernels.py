@@ -383,18 +383,23 @@ def _pair_dots_torch(a: Tensor, b: Tensor, rows: Tensor, cols: Tensor) -> Tensor
 # compiler) the loop stays scalar, 2-3x slower.
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def _pair_dots(a, b, row_offsets, cols, out, start, end):  # pragma: no cover (compiled)
-    n_rows, d = a.shape
+    n_rows = a.shape[0]
     n_pairs = cols.shape[0]
-    zero = out.dtype.type(0)
     for r in range(start, end):
         stop = row_offsets[r + 1] if r + 1 < n_rows else n_pairs
-        x = a[r]
-        for p in range(row_offsets[r], stop):
-            y = b[cols[p]]
-            total = zero
-            for i in range(d):
-                total += x[i] * y[i]
-            out[p] = total
+        _row_dots(a[r], b, cols, row_offsets[r], stop, out)
+
+
+@njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
+def _row_dots(x, b, cols, first, stop, out):  # pragma: no cover (compiled)
+    """out[p] = x . b[cols[p]] for the pairs [first, stop) of one row."""
+    zero = out.dtype.type(0)
+    for p in range(first, stop):
+        y = b[cols[p]]
+        total = zero
+        for i in range(x.shape[0]):
+            total += x[i] * y[i]
+        out[p] = total
 
 
 # ---------------------------------------------------------------------------- sums per latent
@@ -499,9 +504,4 @@ def _decode_error(values, W, b, x, row_offsets, cols, recon, diff, sq, dots, sta
             e[i] = x[r, i] - acc[i]
             total += e[i] * e[i]
         sq[r] = total
-        for p in range(row_offsets[r], stop):
-            w = W[cols[p]]
-            dot = zero
-            for i in range(d):
-                dot += e[i] * w[i]
-            dots[p] = dot
+        _row_dots(e, W, cols, row_offsets[r], stop, dots)

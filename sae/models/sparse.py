@@ -372,10 +372,11 @@ class _EncodeAt(torch.autograd.Function):
         grad = grad.to(xc.dtype)
         grad_x = grad_W = None
         if layout.sparse:
+            latent_sums = None
             if need_W:
-                grad_W, latent_sums = _per_latent_sums(xc, grad, layout)
+                grad_W, latent_sums = _sum_rows_per_latent(xc, grad, layout)
                 grad_W = grad_W.t()
-            else:
+            if latent_sums is None:
                 latent_sums = torch.zeros(layout.n_latents, dtype=grad.dtype, device=grad.device)
                 latent_sums.index_add_(0, layout.cols, grad)
             if need_x:
@@ -413,7 +414,7 @@ class _PairDecode(torch.autograd.Function):
         layout: Layout = ctx.layout
         grad = grad.to(W_dec.dtype)
         grad_values = _pair_dots(grad, W_dec, layout) if ctx.needs_input_grad[0] else None
-        grad_W = _sum_rows_per_latent(grad, values, layout) if ctx.needs_input_grad[1] else None
+        grad_W = _sum_rows_per_latent(grad, values, layout)[0] if ctx.needs_input_grad[1] else None
         return grad_values, grad_W, None
 
 
@@ -445,7 +446,7 @@ class _DecodeError(torch.autograd.Function):
         else:  # recon is used beyond the error as well: its gradient joins the error's
             grad_out, scale = grad_recon + diff * scale, scale.new_ones(())
             grad_values = _pair_dots(grad_out, W_dec, layout) if need_values else None
-        grad_W = _sum_rows_per_latent(grad_out, values, layout) * scale if need_W else None
+        grad_W = _sum_rows_per_latent(grad_out, values, layout)[0] * scale if need_W else None
         grad_b = grad_out.sum(0) * scale if need_b else None
         grad_x = None
         if need_x:
@@ -464,22 +465,19 @@ def _pair_dots(rows_of: Tensor, latents_of: Tensor, layout: Layout) -> Tensor:
     )
 
 
-def _sum_rows_per_latent(rows_of: Tensor, weights: Tensor, layout: Layout) -> Tensor:
-    """[n_latents, d]: for each latent j, the sum over its pairs (r, j) of weight * rows_of[r].
-    One embedding bag per latent over its pairs, in a fixed order: deterministic."""
-    return _per_latent_sums(rows_of, weights, layout)[0]
-
-
-def _per_latent_sums(rows_of: Tensor, weights: Tensor, layout: Layout) -> tuple[Tensor, Tensor]:
-    """(_sum_rows_per_latent, and the sum of each latent's weights)."""
+def _sum_rows_per_latent(
+    rows_of: Tensor, weights: Tensor, layout: Layout
+) -> tuple[Tensor, Tensor | None]:
+    """[n_latents, d]: for each latent j, the sum over its pairs (r, j) of weight * rows_of[r],
+    in a fixed order (deterministic); and the sum of each latent's weights where it came with
+    them (the compiled scatter), else None. One embedding bag per latent over its pairs where
+    the scatter does not apply."""
     compiled = kernels.sums_per_latent(
         rows_of, weights, layout.cols, layout.row_offsets(), layout.n_latents
     )
     if compiled is not None:
         return compiled
     order, offsets = layout.by_col()
-    sums = torch.zeros(layout.n_latents, dtype=weights.dtype, device=weights.device)
-    sums.index_add_(0, layout.cols, weights)
     sums_of_rows = F.embedding_bag(
         layout.rows_by_col(),
         rows_of,
@@ -487,4 +485,4 @@ def _per_latent_sums(rows_of: Tensor, weights: Tensor, layout: Layout) -> tuple[
         per_sample_weights=weights.index_select(0, order),
         mode="sum",
     )
-    return sums_of_rows, sums
+    return sums_of_rows, None
