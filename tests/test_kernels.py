@@ -26,6 +26,35 @@ def test_topk_cols_matches_a_stable_sort(n_latents: int, ties: bool, dtype: torc
     assert torch.equal(values, pre.gather(1, cols))
 
 
+# bf16 (the encoder's output when its matmul runs in bf16) is read as int16 bits: bf16's few
+# distinct values make ties common even without rounding
+@pytest.mark.parametrize("n_latents", [512, 1000])
+@pytest.mark.parametrize("ties", [False, True])
+def test_topk_cols_on_bf16_matches_a_stable_sort_of_its_values(n_latents: int, ties: bool) -> None:
+    generator = torch.Generator().manual_seed(n_latents)
+    pre = torch.randn(64, n_latents, generator=generator)
+    pre = (pre.mul(2).round() if ties else pre).bfloat16()
+    pre[3, 17] = float("nan")
+    cols, values = kernels.topk_cols(pre, 5)
+    assert values.dtype == torch.bfloat16
+    assert torch.equal(cols, reference_topk(pre.float(), 5))
+    torch.testing.assert_close(values, pre.gather(1, cols), rtol=0, atol=0, equal_nan=True)
+
+
+def test_pairs_above_on_bf16_compare_the_bf16_values() -> None:
+    generator = torch.Generator().manual_seed(4)
+    pre = torch.randn(40, 300, generator=generator).bfloat16()
+    pre[0, :4] = torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf")])
+    threshold = torch.randn(300, generator=generator) / 2  # float32: compared as bf16
+    threshold[:2] = torch.tensor([-float("inf"), float("inf")])
+    expected = pre > threshold.bfloat16()
+    counts = kernels.count_above(pre, threshold)
+    rows, cols, values = kernels.pairs_above(pre, threshold, counts)
+    assert torch.equal(counts, expected.sum(-1))
+    assert torch.equal(torch.stack([rows, cols], 1), expected.nonzero())
+    assert values.dtype == torch.bfloat16 and torch.equal(values, pre[rows, cols])
+
+
 def test_pairs_above_match_nonzero_with_a_per_latent_threshold() -> None:
     generator = torch.Generator().manual_seed(0)
     pre = torch.randn(50, 300, generator=generator)

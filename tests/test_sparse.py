@@ -52,6 +52,32 @@ def test_training_step_matches_plain_autograd(arch: str, sparse: bool, monkeypat
         assert torch.allclose(grads[name], grad, rtol=1e-4, atol=1e-6), name
 
 
+@pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu"])
+def test_a_bf16_encoder_matmul_only_chooses_the_pairs(arch: str, monkeypatch) -> None:
+    """Under bf16 autocast (train.precision) the step's loss and gradients are those of float32
+    training on the pairs the bf16 pre-activations chose."""
+    sae = perturbed(arch, jumprelu_bandwidth=0.5)
+    x = torch.randn(64, D_IN, generator=torch.Generator().manual_seed(5))
+    ctx = StepContext(sparse=True)
+    with torch.autocast("cpu", torch.bfloat16):  # the forward pass only, as in training
+        out = sae.training_forward(x, ctx)
+    out.loss.backward()
+    grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    assert out.latents.values.dtype == torch.float32 and out.loss.dtype == torch.float32
+
+    chosen = out.latents.layout
+    pairs = (chosen.rows, chosen.cols, chosen.n_rows, chosen.n_latents)
+    monkeypatch.setattr(sae, "training_select", lambda pre, group: Layout.from_pairs(*pairs))
+    monkeypatch.setattr(base_module, "encode_at", plain_encode_at)
+    monkeypatch.setattr(Layout, "decode", plain_decode)
+    ref_out, ref_grads = loss_and_grads(sae, x, ctx)
+
+    assert torch.allclose(out.loss, ref_out.loss, rtol=1e-5)
+    assert torch.allclose(out.latents.dense(), ref_out.latents.dense(), atol=1e-6)
+    for name, grad in ref_grads.items():
+        assert torch.allclose(grads[name], grad, rtol=1e-4, atol=1e-6), name
+
+
 def test_sparse_kernels_pass_gradcheck() -> None:
     torch.manual_seed(0)
     n_rows, d, m = 6, 5, 9

@@ -16,7 +16,7 @@ from sae.config import validate_tree
 from sae.errors import DataError
 from sae.models import build_sae
 from sae.sources.base import BatchStream
-from sae.training.trainer import Trainer, geometric_median
+from sae.training.trainer import Trainer, geometric_median, uses_bf16
 from tests.conftest import tiny_tree, write_config
 
 
@@ -131,3 +131,14 @@ def test_wandb_logs_offline_into_the_run_directory(tmp_path: Path, monkeypatch) 
     Trainer(cfg, build_sae(cfg.sae, source.d_in), source, tmp_path).fit()
     assert list((tmp_path / "wandb").glob("offline-run-*"))
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") >= 1
+
+
+@pytest.mark.parametrize(("amx", "avx512_bf16"), [(False, False), (True, False), (False, True)])
+def test_auto_precision_runs_the_encoder_in_bf16_on_cpus_with_bf16_instructions(
+    amx: bool, avx512_bf16: bool, monkeypatch
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    cpu = torch.device("cpu")
+    assert uses_bf16("auto", cpu) == (amx or avx512_bf16)
+    assert uses_bf16("bf16", cpu) and not uses_bf16("fp32", cpu)

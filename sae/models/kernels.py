@@ -5,8 +5,10 @@ elsewhere.
 After the encoder matmul, choosing the pairs is the largest cost of a sparse training step on
 CPU: torch's row-wise top-k sorts (value, index) pairs per row, and `(pre > t).nonzero()`
 writes and rescans a [rows, latents] mask. The loops here (numba) read the pre-activations
-once or twice and write only the pairs. On other devices, and for dtypes numba does not know
-(bf16), the same results come from torch ops.
+once or twice and write only the pairs. numba has no bf16: the selections read a bf16 matrix
+(the encoder's output where its matmul runs in bf16) as its int16 bits, through keys that
+order as the floats do (top-k) or widened to float32 a row at a time (thresholds). On other
+devices, and for bf16 rows wider than _SCAN_MAX_LATENTS, the same results come from torch ops.
 
 The loops run over blocks of rows on a small pool of ordinary threads (they release the GIL),
 not on numba's own parallel runtime: a second OpenMP runtime next to torch's spins for the
@@ -23,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 from torch import Tensor
 
 _COMPILED_DTYPES = (torch.float32, torch.float64)
@@ -35,6 +38,18 @@ _GROUP_WIDTHS = (4, 32)
 
 def _compiled(t: Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in _COMPILED_DTYPES and t.is_contiguous()
+
+
+def _selectable(t: Tensor) -> bool:
+    """The selection loops also take bf16, as int16 bits (_array)."""
+    bf16 = t.device.type == "cpu" and t.dtype == torch.bfloat16 and t.is_contiguous()
+    return bf16 or _compiled(t)
+
+
+def _array(t: Tensor) -> np.ndarray:
+    """A CPU tensor's memory as numpy: a bf16 tensor's as int16 bits."""
+    t = t.detach()
+    return t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -86,16 +101,18 @@ def topk_cols(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     n_rows, n_latents = pre.shape
     group = min(n_latents // (_GROUPS_PER_K * k), _GROUP_WIDTHS[1])
-    if not _compiled(pre) or group < _GROUP_WIDTHS[0]:
+    scan = n_latents <= _SCAN_MAX_LATENTS
+    if not _selectable(pre) or group < _GROUP_WIDTHS[0] or not (scan or _compiled(pre)):
         cols = pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
         return cols, pre.gather(1, cols)
     cols = torch.empty(n_rows, k, dtype=torch.int64)
     values = torch.empty(n_rows, k, dtype=pre.dtype)
-    if n_latents <= _SCAN_MAX_LATENTS:
-        bits = pre.numpy().view(np.int32 if pre.dtype == torch.float32 else np.int64)
+    if scan:
+        data = _array(pre)
+        bits = data.view({2: np.int16, 4: np.int32, 8: np.int64}[data.itemsize])
         n_groups = -(-n_latents // group)
-        out = (cols.numpy(), values.numpy())
-        _over_rows(_topk_rows_by_key, n_rows, pre.numpy(), bits, k, n_groups, *out)
+        out = (cols.numpy(), _array(values))
+        _over_rows(_topk_rows_by_key, n_rows, data, bits, k, n_groups, *out)
     else:
         _over_rows(_topk_rows, n_rows, pre.numpy(), k, group, cols.numpy(), values.numpy())
     return cols, values
@@ -116,7 +133,8 @@ def _ceil_mid(lo, hi):  # type: ignore[no-untyped-def]  # pragma: no cover (comp
 @njit(nogil=True, cache=True)
 def _topk_rows_by_key(pre, bits, k, n_groups, cols_out, values_out, start, end):  # pragma: no cover
     """_topk_rows on integer keys ordered as the floats are (a positive NaN above +inf, as
-    torch.topk has it), so both bisections below are exact and end within 32 (64) rounds."""
+    torch.topk has it), so both bisections below are exact and end within 16, 32 or 64 rounds.
+    `pre` is what the values are copied from: the floats, or for bf16 the bits themselves."""
     n_latents = pre.shape[1]
     sign = bits.dtype.type(bits.itemsize * 8 - 1)
     low = ~(bits.dtype.type(1) << sign)
@@ -273,17 +291,17 @@ def _topk_rows(pre, k, group, cols_out, values_out, start, end):  # pragma: no c
 
 def count_above(pre: Tensor, threshold: Tensor) -> Tensor:
     """[rows] number of entries with pre > threshold (threshold: [latents])."""
-    if not _compiled(pre):
+    if not _selectable(pre):
         return (pre > threshold).sum(-1)
     counts = torch.empty(pre.shape[0], dtype=torch.int64)
-    _over_rows(_count_above, pre.shape[0], pre.numpy(), _as_array(threshold, pre), counts.numpy())
+    _over_rows(_count_above, pre.shape[0], _array(pre), _as_array(threshold, pre), counts.numpy())
     return counts
 
 
 def pairs_above(pre: Tensor, threshold: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(rows, cols, values) where pre > threshold, row-major; `counts` from count_above.
     The values come from the same pass: gathered afterwards they cost a cache miss each."""
-    if not _compiled(pre):
+    if not _selectable(pre):
         rows, cols = (pre > threshold).nonzero().unbind(1)
         return rows, cols, pre[rows, cols]
     starts = counts.cumsum(0) - counts
@@ -293,20 +311,46 @@ def pairs_above(pre: Tensor, threshold: Tensor, counts: Tensor) -> tuple[Tensor,
     values = torch.empty(total, dtype=pre.dtype)
     threshold_ = _as_array(threshold, pre)
     _over_rows(
-        _pairs_above, pre.shape[0], pre.numpy(), threshold_, starts.numpy(), rows.numpy(),
-        cols.numpy(), values.numpy(),
+        _pairs_above, pre.shape[0], _array(pre), threshold_, starts.numpy(), rows.numpy(),
+        cols.numpy(), _array(values),
     )  # fmt: skip
     return rows, cols, values
 
 
 def _as_array(threshold: Tensor, pre: Tensor) -> np.ndarray:
-    return threshold.detach().to(pre.dtype).expand(pre.shape[1]).contiguous().numpy()
+    """The threshold as the loops compare it: in pre's dtype, and for bf16 widened to float32
+    as the rows are (_widen), so the comparison is that of the bf16 values."""
+    threshold = threshold.detach().to(pre.dtype)
+    if pre.dtype == torch.bfloat16:
+        threshold = threshold.float()
+    return threshold.expand(pre.shape[1]).contiguous().numpy()
+
+
+def _widen(row, scratch):  # type: ignore[no-untyped-def]
+    """A row as floats: itself, or bf16 bits (int16) widened into `scratch` (float32), one
+    vectorised pass (compiled: the overload below)."""
+    return row
+
+
+@overload(_widen, inline="always")
+def _widen_overload(row, scratch):  # type: ignore[no-untyped-def]  # pragma: no cover (compiled)
+    if isinstance(row.dtype, types.Integer):
+
+        def widen_bf16(row, scratch):  # type: ignore[no-untyped-def]
+            bits = scratch.view(np.int32)
+            for j in range(row.shape[0]):
+                bits[j] = np.int32(row[j]) << 16  # bf16 is the top half of a float32
+            return scratch
+
+        return widen_bf16
+    return lambda row, scratch: row
 
 
 @njit(nogil=True, cache=True)
 def _count_above(pre, threshold, counts, start, end):  # pragma: no cover (compiled)
+    scratch = np.empty(pre.shape[1], dtype=np.float32)
     for r in range(start, end):
-        row = pre[r]
+        row = _widen(pre[r], scratch)
         n = 0
         for j in range(row.shape[0]):
             n += row[j] > threshold[j]
@@ -316,8 +360,10 @@ def _count_above(pre, threshold, counts, start, end):  # pragma: no cover (compi
 @njit(nogil=True, cache=True)
 def _pairs_above(pre, threshold, starts, rows, cols, values, start, end):  # pragma: no cover
     found = np.empty(pre.shape[1], dtype=np.int64)
+    scratch = np.empty(pre.shape[1], dtype=np.float32)
     for r in range(start, end):
-        row = pre[r]
+        src = pre[r]
+        row = _widen(src, scratch)
         n = 0
         for j in range(row.shape[0]):
             found[n] = j  # written always, kept if above: no branch to mispredict
@@ -326,7 +372,7 @@ def _pairs_above(pre, threshold, starts, rows, cols, values, start, end):  # pra
         for i in range(n):
             rows[first + i] = r
             cols[first + i] = found[i]
-            values[first + i] = row[found[i]]
+            values[first + i] = src[found[i]]
 
 
 # ---------------------------------------------------------------------------- grouping by latent

@@ -362,7 +362,7 @@ class _EncodeAt(torch.autograd.Function):
             return layout.gather(pre)
         # Pairs were chosen on low-precision pre-activations; their values are recomputed
         # exactly, so bf16 only decides which latents fire, never what they output.
-        return _pair_dots(xc, W_enc.t(), layout) + b_enc[layout.cols]
+        return _pair_dots(xc, W_enc.t(), layout) + b_enc.index_select(0, layout.cols)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
