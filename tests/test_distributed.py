@@ -73,7 +73,12 @@ def train_tree(store: Path, arch: str, steps: int, **train: Any) -> dict[str, An
             "checkpoint_every_steps": 0,
             "samples": 64 * steps, "batch_size": 64, "lr": 3e-3, "lr_warmup_steps": 2,
             "dead_window_samples": 512, "prefetch_batches": 0,
-            "norm_estimate_batches": 2, "device": "cpu", **train,
+            "norm_estimate_batches": 2, "device": "cpu",
+            # fp32: a bf16 encoder (train.precision auto, on CPUs with bf16 instructions) rounds
+            # pre-activations to 3 digits, so the last-bit differences that summing gradients
+            # over ranks leaves in the weights move some of them across a rounding boundary and
+            # flip a pair choice; the comparisons here are of the math, not of that rounding
+            "precision": "fp32", **train,
         },
         "logging": {"wandb": False, "progress": False, "log_every_steps": 5},
     }  # fmt: skip
