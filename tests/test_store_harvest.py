@@ -48,6 +48,7 @@ def test_resume_from_every_shard_boundary_gives_byte_identical_files(tmp_path, s
         assert load_manifest(out).rows == shards * 1000
         # what a kill in the middle of the next commit leaves behind
         (out / f".shard-{shards:05d}.safetensors.tmp-999").write_bytes(b"partial")
+        (out / ".tmpX7q2Lz").write_bytes(b"safetensors' own temporary, before its rename")
         (out / f"shard-{shards:05d}.safetensors").write_bytes(b"renamed, never committed")
         harvest_counting(out)
         assert store_files(out) == straight, f"resumed after shard {shards}"

@@ -52,7 +52,12 @@ from sae.store.format import (
     state_name,
 )
 
-_OWN_FILES = re.compile(rf"^(\..*\.tmp-\d+|{re.escape(LOCK)}|(shard-|{STATE_PREFIX})\d+\.safetensors)$")
+# Our temporary files (sae.io.atomic_write), the lock, shards and states; and safetensors' own
+# temporary file (".tmp" and 6 characters), which its save_file writes beside the target before
+# renaming it, and a SIGKILL at that moment leaves behind.
+_OWN_FILES = re.compile(
+    rf"^(\..*\.tmp-\d+|\.tmp[0-9A-Za-z]{{6}}|{re.escape(LOCK)}|(shard-|{STATE_PREFIX})\d+\.safetensors)$"
+)
 
 
 # ---------------------------------------------------------------------------- batches as columns
