@@ -300,11 +300,8 @@ class PreActsBuffer:
             inputs[:, d_in] = 1
         weights[:d_in].copy_(W_enc)
         weights[d_in].copy_(b_enc)
-        centred = inputs[:, :d_in]
-        if x.dtype == dtype:
-            torch.sub(x, b_dec, out=centred)
-        else:
-            centred.copy_(x - b_dec)
+        # computed at the inputs' precision and rounded as stored: no [rows, d_in] temporary
+        torch.sub(x, b_dec, out=inputs[:, :d_in])
         with torch.autocast(device, enabled=False):
             return torch.mm(inputs, weights, out=out)
 
