@@ -28,6 +28,13 @@ def loss_and_grads(sae, x, ctx):
     return out, grads
 
 
+def assert_same_step(out, grads, ref_out, ref_grads) -> None:
+    assert torch.allclose(out.loss, ref_out.loss, rtol=1e-5)
+    assert torch.allclose(out.latents.dense(), ref_out.latents.dense(), atol=1e-6)
+    for name, grad in ref_grads.items():
+        assert torch.allclose(grads[name], grad, rtol=1e-4, atol=1e-6), name
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("sparse", [True, False])
 def test_training_step_matches_plain_autograd(arch: str, sparse: bool, monkeypatch) -> None:
@@ -44,12 +51,10 @@ def test_training_step_matches_plain_autograd(arch: str, sparse: bool, monkeypat
     monkeypatch.setattr(Layout, "decode", plain_decode)
     ref_out, ref_grads = loss_and_grads(sae, x, ctx)
 
-    assert torch.allclose(out.loss, ref_out.loss, rtol=1e-5)
     assert torch.equal(out.latents.dense() != 0, ref_out.latents.dense() != 0)
-    assert torch.allclose(out.latents.dense(), ref_out.latents.dense(), atol=1e-6)
     for name, grad in ref_grads.items():
         assert grad.abs().sum() > 0, name
-        assert torch.allclose(grads[name], grad, rtol=1e-4, atol=1e-6), name
+    assert_same_step(out, grads, ref_out, ref_grads)
 
 
 @pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu"])
@@ -71,11 +76,7 @@ def test_a_bf16_encoder_matmul_only_chooses_the_pairs(arch: str, monkeypatch) ->
     monkeypatch.setattr(base_module, "encode_at", plain_encode_at)
     monkeypatch.setattr(Layout, "decode", plain_decode)
     ref_out, ref_grads = loss_and_grads(sae, x, ctx)
-
-    assert torch.allclose(out.loss, ref_out.loss, rtol=1e-5)
-    assert torch.allclose(out.latents.dense(), ref_out.latents.dense(), atol=1e-6)
-    for name, grad in ref_grads.items():
-        assert torch.allclose(grads[name], grad, rtol=1e-4, atol=1e-6), name
+    assert_same_step(out, grads, ref_out, ref_grads)
 
 
 def test_sparse_kernels_pass_gradcheck() -> None:
