@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.harvest import build_harvest_source, check_harvest, run_harvest
-from pipelines.toy import SUMMARY_COLUMNS, evaluate_and_export, split_training_log
+from pipelines.train_and_evaluate import SUMMARY_COLUMNS, evaluate_and_export, split_training_log
 from sae.config import Config, DataConfig, to_dict, validate_tree
 from sae.errors import ConfigError
 from sae.models import build_sae

@@ -11,7 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.toy import SUMMARY_COLUMNS, train_and_evaluate, train_and_evaluate_many
+from pipelines.train_and_evaluate import (
+    SUMMARY_COLUMNS,
+    train_and_evaluate,
+    train_and_evaluate_many,
+)
 from sae import distributed
 from sae.config import Config
 from sae.errors import ConfigError

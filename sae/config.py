@@ -121,7 +121,7 @@ class SyntheticConfig(Section):
 class LMConfig(Section):
     """A language model's activations at named hooks, over a text dataset.
 
-    See sae/lm/loading.py for what `model` may name and sae/sources/text.py for how documents
+    See sae/hooked_models/loading.py for what `model` may name and sae/sources/text.py for how documents
     become context windows.
     """
 

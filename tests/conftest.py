@@ -8,7 +8,7 @@ from typing import Any
 
 from sae import threads
 
-threads.configure()  # as sae/cli.py, before torch loads
+threads.configure()  # as pipelines/cli.py, before torch loads
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

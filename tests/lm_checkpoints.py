@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from sae.language.grammar import generate_document
+from sae.corpus.grammar import generate_document
 
 END = "<|endoftext|>"
 

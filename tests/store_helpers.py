@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from sae.sources.base import HarvestBatch, HarvestStream
 from sae.store.format import LOCK
 from sae.store.writer import harvest_rows, open_writer
+from sae.streams import HarvestBatch, HarvestStream
 
 WIDTHS = {"resid": 6, "mlp": 4}
 

@@ -14,16 +14,16 @@ import torch
 from safetensors.torch import load_file
 from torch.multiprocessing import ProcessExitedException
 
+from pipelines.cli import main
 from sae import distributed
-from sae.cli import main
 from sae.config import validate_tree
 from sae.io import load_state, save_state
 from sae.models import build_sae
 from sae.sources import build_source
-from sae.sources.base import HarvestBatch, HarvestStream
 from sae.store.format import load_manifest
 from sae.store.parallel import harvest_rows_distributed
 from sae.store.writer import StoreWriter, harvest_rows, open_writer
+from sae.streams import HarvestBatch, HarvestStream
 from sae.training.trainer import CHECKPOINT, Trainer
 from tests.conftest import write_config
 from tests.distributed_helpers import alone, run_ranks, torchrun_sae
@@ -189,7 +189,7 @@ def sweep_tree(store: Path) -> dict[str, Any]:
 
 
 def train_sweep(tree: dict[str, Any], out: Path, publish: bool) -> None:
-    from pipelines.toy import train_and_evaluate_many
+    from pipelines.train_and_evaluate import train_and_evaluate_many
 
     cfg = validate_tree(tree)
     source = build_source(cfg.data, cfg.seed)

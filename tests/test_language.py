@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sae.language.grammar import (
+from sae.corpus.grammar import (
     DETERMINERS,
     NOT_APPLICABLE,
     NOUN_FORMS,
@@ -17,7 +17,7 @@ from sae.language.grammar import (
     indicators,
     vocabulary,
 )
-from sae.language.tokenizer import build_tokenizer
+from sae.corpus.tokenizer import build_tokenizer
 
 DOCUMENTS = [generate_document(7, "train", i) for i in range(300)]
 

@@ -13,13 +13,13 @@ from sae_lens.util import get_special_token_ids
 
 from sae.config import EvalConfig, LMConfig, SAEConfig
 from sae.errors import ConfigError
-from sae.evaluation.lm import LMEvaluation, evaluate_lm, read_eval_windows
 from sae.evaluation.monosemanticity import DetectorCounts, mean_f1
-from sae.lm.loading import load_language_model
-from sae.lm.models import LanguageModel
+from sae.evaluation.spliced import LMEvaluation, evaluate_lm, read_eval_windows
+from sae.hooked_models.loading import load_language_model
+from sae.hooked_models.models import LanguageModel
 from sae.models import SparseAutoencoder, build_sae
 from sae.publish.saelens import load_saelens, save_saelens
-from sae.sources.lm import LMSource
+from sae.sources.model_activations import LMSource
 from tests.lm_checkpoints import english_lines, save_tiny_gpt2
 
 HOOK = "blocks.1.hook_resid_post"

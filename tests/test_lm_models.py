@@ -9,8 +9,8 @@ import torch
 
 from sae.config import LMConfig
 from sae.errors import ConfigError
-from sae.lm.loading import check_model_reference, load_language_model
-from sae.lm.models import HFModel, TransformerLensModel, transformer_lens_stop_layer
+from sae.hooked_models.loading import check_model_reference, load_language_model
+from sae.hooked_models.models import HFModel, TransformerLensModel, transformer_lens_stop_layer
 from tests.lm_checkpoints import save_tiny_gpt2
 
 TOKENS = torch.randint(1, 300, (3, 20), generator=torch.Generator().manual_seed(0))

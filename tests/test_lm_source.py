@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.train_tiny_model import agreement
 from sae.config import Config, DataConfig, LMConfig, load_config
+from sae.corpus.build_tiny_model import agreement
+from sae.corpus.bundled import load_bundled_model, training_stats
+from sae.corpus.grammar import VARIABLES
 from sae.errors import ConfigError
+from sae.hooked_models.loading import load_language_model
+from sae.hooked_models.models import LanguageModel
 from sae.io import load_state, save_state
-from sae.language.bundled import load_bundled_model, training_stats
-from sae.language.grammar import VARIABLES
-from sae.lm.loading import load_language_model
-from sae.lm.models import LanguageModel
 from sae.sources import build_source
-from sae.sources.lm import LMSource
+from sae.sources.model_activations import LMSource
 from sae.sources.text import NO_DOCUMENT
 from tests.lm_checkpoints import english_lines, save_tiny_gpt2
 

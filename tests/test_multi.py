@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.toy import build_ground_truth
+from pipelines.train_and_evaluate import build_ground_truth
 from sae.config import validate_tree
 from sae.errors import ConfigError
 from sae.models import build_sae

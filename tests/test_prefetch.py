@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sae.errors import DataError
-from sae.sources.base import BatchStream
 from sae.sources.prefetch import Prefetcher
+from sae.streams import BatchStream
 
 
 class Counting(BatchStream):

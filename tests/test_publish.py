@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae.cli import main
+from pipelines.cli import main
 from sae.config import SAEConfig
 from sae.errors import UserError
 from sae.io import atomic_write_json

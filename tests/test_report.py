@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipelines.cli import main
 from pipelines.toy import run_toy
-from sae.cli import main
 from sae.config import EvalConfig, LMConfig, SAEConfig, load_config
-from sae.evaluation.lm import evaluate_lm
+from sae.evaluation.spliced import evaluate_lm
 from sae.io import atomic_write_json
 from sae.models import build_sae
 from sae.report import FEATURE_BROWSER, REPORT, build_report
-from sae.sources.lm import LMSource
+from sae.sources.model_activations import LMSource
 from tests.conftest import tiny_tree, write_config
 
 HOOK = "blocks.1.hook_resid_post"

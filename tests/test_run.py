@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from sae.cli import main
+from pipelines.cli import main
 from sae.config import Config, load_config
 from sae.errors import ConfigError
 from sae.io import load_state

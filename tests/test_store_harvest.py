@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 
 import sae.store.writer as writer_module
-from sae.cli import main
+from pipelines.cli import main
 from sae.errors import DataError, UserError
 from sae.store.format import Manifest, load_manifest
 from sae.store.reader import Store

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sae.cli import main
+from pipelines.cli import main
 from sae.errors import DataError
 from sae.store.format import MANIFEST, _checksum
 from sae.store.reader import Store, StoreStream

@@ -191,7 +191,7 @@ def test_an_incomplete_store_is_not_trained_on(tmp_path) -> None:
 
 
 def test_bench_store_reports_each_read_next_to_memmap(counting_store, capsys) -> None:
-    from pipelines.bench_store import MEMMAP, MEMMAP_KEPT, run_bench_store
+    from pipelines.bench.store import MEMMAP, MEMMAP_KEPT, run_bench_store
 
     rows = run_bench_store(counting_store, batch_size=256, hook="resid", repeats=1)
     assert [r["read"] for r in rows] == [MEMMAP, MEMMAP_KEPT, "store sequential", "store shuffled"]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae.cli import main
+from pipelines.cli import main
 from sae.errors import UserError
 from sae.store.reader import Store
 from sae.store.saelens_cache import export_saelens, import_saelens

@@ -8,15 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pipelines.cli import main
 from pipelines.harvest import run_harvest
 from pipelines.train import run_train
-from sae.cli import main
 from sae.config import validate_tree
 from sae.errors import DataError
 from sae.models import build_sae
 from sae.seeding import derive_seed
 from sae.sources import build_source
-from sae.sources.base import BatchStream
+from sae.streams import BatchStream
 from sae.training.trainer import Trainer
 from tests.conftest import tiny_tree, write_config
 from tests.store_helpers import harvest_counting

@@ -14,9 +14,9 @@ import pytest
 import torch
 from sae_lens.tokenization_and_batching import concat_and_batch_sequences
 
+from sae.corpus.grammar import VARIABLES, generate_document
+from sae.corpus.tokenizer import build_tokenizer
 from sae.errors import ConfigError, DataError
-from sae.language.grammar import VARIABLES, generate_document
-from sae.language.tokenizer import build_tokenizer
 from sae.sources.text import (
     NO_DOCUMENT,
     GeneratedReader,

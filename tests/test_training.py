@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines.toy import build_ground_truth, train_and_evaluate
+from pipelines.train_and_evaluate import build_ground_truth, train_and_evaluate
 from sae.config import validate_tree
 from sae.errors import DataError
 from sae.models import build_sae
-from sae.sources.base import BatchStream
+from sae.streams import BatchStream
 from sae.training.trainer import Trainer, geometric_median, uses_bf16
 from tests.conftest import tiny_tree, write_config
 

@@ -29,8 +29,8 @@ from sae.models import SparseAutoencoder
 from sae.seeding import derive_seed
 
 if TYPE_CHECKING:
-    from sae.evaluation.lm import EvalWindows
-    from sae.sources.lm import LMSource
+    from sae.evaluation.spliced import EvalWindows
+    from sae.sources.model_activations import LMSource
 
 
 @dataclass

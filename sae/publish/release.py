@@ -21,7 +21,7 @@ from sae.publish.card import model_card
 from sae.publish.saelens import CFG, SPARSITY, WEIGHTS
 
 README = "README.md"
-HUB_PREFIX = "hf://"  # as sae/cli.py checks it
+HUB_PREFIX = "hf://"  # as pipelines/cli.py checks it
 METRICS = "metrics.json"
 
 

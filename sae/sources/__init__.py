@@ -1,7 +1,8 @@
 """Sources of activations: toy models, synthetic dictionaries, stores, language models."""
 
 from sae.config import DataConfig
-from sae.sources.base import ActivationSource, BatchStream, GroundTruthSource
+from sae.sources.base import ActivationSource, GroundTruthSource
+from sae.streams import BatchStream
 
 
 def build_source(data: DataConfig, seed: int) -> ActivationSource:
@@ -18,7 +19,7 @@ def build_source(data: DataConfig, seed: int) -> ActivationSource:
 
         return StoreSource(data)
     if data.lm is not None:
-        from sae.sources.lm import LMSource
+        from sae.sources.model_activations import LMSource
 
         return LMSource(data.lm)
     raise NotImplementedError(f"data source '{data.kind}' is not available yet")

@@ -1,98 +1,18 @@
-"""The small interfaces that connect activation sources to training and evaluation.
-
-A source hands out `BatchStream`s: infinite iterators of [batch, d_in] float tensors whose
-position can be saved and restored exactly (`state_dict` / `load_state_dict`), so a killed
-training run resumes on the very next unseen batch. Sources with known features also
-implement `GroundTruthSource`.
+"""What an activation source is: it hands out resumable streams (sae/streams.py) of rows for
+training, harvesting or several hooks at once. Sources with known features also implement
+`GroundTruthSource`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from sae.errors import ConfigError
-
-
-class BatchStream(Iterator[Tensor], ABC):
-    @abstractmethod
-    def __next__(self) -> Tensor: ...
-
-    @abstractmethod
-    def state_dict(self) -> dict[str, Any]:
-        """Tensors and JSON-able scalars that pin the stream's position."""
-
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-    def close(self) -> None:
-        """Release background resources (prefetch threads, open files)."""
-
-
-class Wrapping:
-    """A stream over another stream, `inner`: its position and resources are the inner one's."""
-
-    inner: Any
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-@dataclass
-class HarvestBatch:
-    """Rows of one forward pass as a harvest writes them: one [rows, d] tensor per hook, plus
-    optional per-row metadata kept for feature dashboards and monosemanticity scoring."""
-
-    activations: dict[str, Tensor]
-    token_ids: Tensor | None = None  # [rows] int64
-    positions: Tensor | None = None  # [rows] int64, position within the context window
-    doc_ids: Tensor | None = None  # [rows] int64, index of the source document
-    labels: dict[str, Tensor] = field(default_factory=dict)  # planted latent variables, [rows]
-
-    @property
-    def rows(self) -> int:
-        return next(iter(self.activations.values())).shape[0]
-
-
-class HarvestStream(Iterator[HarvestBatch], ABC):
-    """Like BatchStream, for harvesting: resumable, yields HarvestBatch, each of the harvest's
-    batch_rows rows (fewer only where the source ends)."""
-
-    @abstractmethod
-    def __next__(self) -> HarvestBatch: ...
-
-    @abstractmethod
-    def state_dict(self) -> dict[str, Any]: ...
-
-    @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-    def skip_batches(self, n: int) -> int:
-        """Move past the next `n` batches as if they had been read; returns the rows passed
-        over (fewer than n * batch_rows only where the source ends). A distributed harvest
-        skips the rows other ranks write: sources whose rows cost a model's forward pass
-        override this to skip that work too."""
-        rows = 0
-        for _ in range(n):
-            try:
-                rows += next(self).rows
-            except StopIteration:
-                break
-        return rows
-
-    def close(self) -> None:
-        """Release background resources."""
+from sae.streams import BatchStream, HarvestBatch, HarvestStream, Wrapping
 
 
 class ActivationSource(ABC):

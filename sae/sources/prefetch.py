@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from sae.sources.base import BatchStream
+from sae.streams import BatchStream
 
 _POLL_SECONDS = 0.1
 

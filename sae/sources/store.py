@@ -14,9 +14,10 @@ from torch import Tensor
 
 from sae.config import DataConfig
 from sae.errors import ConfigError, DataError
-from sae.sources.base import ActivationSource, BatchStream, GroundTruthSource, Wrapping
+from sae.sources.base import ActivationSource, GroundTruthSource
 from sae.store.format import ACTS
 from sae.store.reader import Store, StoreStream
+from sae.streams import BatchStream, Wrapping
 
 
 def feature_hash(source: GroundTruthSource) -> str:

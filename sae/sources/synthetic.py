@@ -27,7 +27,8 @@ from torch import Tensor
 
 from sae.config import FiringProbabilityConfig, MagnitudeConfig, SyntheticConfig
 from sae.seeding import derive_seed
-from sae.sources.base import BatchStream, GroundTruthSource, SampledStream
+from sae.sources.base import GroundTruthSource, SampledStream
+from sae.streams import BatchStream
 
 
 def _firing(cfg: FiringProbabilityConfig) -> SLFiringProbabilityConfig:

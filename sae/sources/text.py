@@ -76,7 +76,7 @@ class GeneratedReader(DocumentReader):
     def read(
         self, state: dict[str, Any] | None, rank: int, world_size: int
     ) -> Iterator[RawDocument]:
-        from sae.language.grammar import generate_document
+        from sae.corpus.grammar import generate_document
 
         index = int(state["index"]) if state else rank
         while True:

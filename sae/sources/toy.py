@@ -16,7 +16,8 @@ from torch import Tensor
 
 from sae.config import ToyModelConfig
 from sae.seeding import derive_seed
-from sae.sources.base import BatchStream, GroundTruthSource, SampledStream
+from sae.sources.base import GroundTruthSource, SampledStream
+from sae.streams import BatchStream
 
 REPRESENTED_NORM = 0.5  # a column this long carries its feature (Elhage et al. use ~0.5 too)
 

@@ -26,7 +26,6 @@ from torch import Tensor
 from sae.distributed import World
 from sae.errors import DataError
 from sae.io import load_state, save_state
-from sae.sources.base import HarvestStream
 from sae.store.format import (
     MANIFEST,
     Manifest,
@@ -45,6 +44,7 @@ from sae.store.writer import (
     checked_rows,
     write_shard,
 )
+from sae.streams import HarvestStream
 
 
 class RowCursor:

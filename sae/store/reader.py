@@ -26,7 +26,6 @@ import xxhash
 from torch import Tensor
 
 from sae.errors import DataError
-from sae.sources.base import BatchStream
 from sae.store.format import (
     SHARD_METADATA,
     Manifest,
@@ -38,6 +37,7 @@ from sae.store.format import (
     safetensors_code,
 )
 from sae.store.order import BlockTable, EpochOrder
+from sae.streams import BatchStream
 
 OPEN_FILES = 64  # file descriptors a reader keeps open at once
 

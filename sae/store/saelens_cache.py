@@ -20,10 +20,10 @@ import torch
 
 from sae.errors import DataError, UserError
 from sae.io import publish_dir
-from sae.sources.base import HarvestBatch, HarvestStream
 from sae.store.format import STORE_DTYPES, act_column
 from sae.store.reader import Store
 from sae.store.writer import harvest_rows, open_writer
+from sae.streams import HarvestBatch, HarvestStream
 
 ARROW_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "float32"}  # Arrow has no bf16
 STORE_FROM_ARROW = {"float32": "fp32", "float16": "fp16"}

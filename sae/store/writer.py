@@ -27,7 +27,6 @@ from torch import Tensor
 
 from sae.errors import DataError, UserError
 from sae.io import atomic_write, fsync_dir, load_state, save_state
-from sae.sources.base import HarvestBatch, HarvestStream
 from sae.store.format import (
     ACTS,
     FORMAT,
@@ -51,6 +50,7 @@ from sae.store.format import (
     shard_name,
     state_name,
 )
+from sae.streams import HarvestBatch, HarvestStream
 
 # Our temporary files (sae.io.atomic_write), the lock, shards and states; and safetensors' own
 # temporary file (".tmp" and 6 characters), which its save_file writes beside the target before

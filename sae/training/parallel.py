@@ -21,7 +21,8 @@ from typing import Any
 from sae.config import TrainConfig
 from sae.distributed import World
 from sae.errors import ConfigError
-from sae.sources.base import ActivationSource, BatchStream, Wrapping
+from sae.sources.base import ActivationSource
+from sae.streams import BatchStream, Wrapping
 
 
 def parallel_mode(tc: TrainConfig, n_saes: int, world: World) -> str:

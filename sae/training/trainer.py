@@ -37,10 +37,11 @@ from sae.errors import DataError, UserError
 from sae.io import load_state, save_state
 from sae.models import SparseAutoencoder, StepContext, TrainOutput
 from sae.seeding import derive_seed
-from sae.sources.base import ActivationSource, BatchStream
+from sae.sources.base import ActivationSource
 from sae.sources.prefetch import Prefetcher
+from sae.streams import BatchStream
 from sae.training.parallel import owned_saes, parallel_mode, rank_stream
-from sae.training.run_log import RunLog
+from sae.training.training_log import TrainingLog
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -410,7 +411,7 @@ class Trainer:
         self.step, self.seconds = int(state["step"]), float(state["seconds"])
         self.run_id = state["run_id"]
 
-    def _checkpoint(self, stream: BatchStream, log: RunLog | None) -> None:
+    def _checkpoint(self, stream: BatchStream, log: TrainingLog | None) -> None:
         """Rank 0 writes the one checkpoint; SAE-parallel ranks send it their SAEs' states."""
         state = self._state(stream)
         if self.mode == "saes":
@@ -430,7 +431,7 @@ class Trainer:
         lc = self.cfg.logging
         log = None
         if self.world.main:  # the one writer of metrics.jsonl (and wandb)
-            log = RunLog(
+            log = TrainingLog(
                 self.out_dir, to_dict(self.cfg), lc.wandb, lc.wandb_project, self.run_id, self.step
             )
             self.run_id = log.run_id
@@ -469,7 +470,7 @@ class Trainer:
                 log.close()
 
     def _log(
-        self, log: RunLog | None, bar: tqdm, steps: list[tuple[SAETraining, Tensor, TrainOutput]]
+        self, log: TrainingLog | None, bar: tqdm, steps: list[tuple[SAETraining, Tensor, TrainOutput]]
     ) -> None:
         records = [
             {

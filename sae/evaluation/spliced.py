@@ -41,7 +41,7 @@ from sae.evaluation.browser import build_feature_browser, choose_latents
 from sae.evaluation.monosemanticity import DetectorCounts, mean_f1
 from sae.evaluation.reconstruction import ReconstructionStats, log10_density_histogram
 from sae.models import SparseAutoencoder
-from sae.sources.lm import LMSource
+from sae.sources.model_activations import LMSource
 from sae.sources.text import GENERATED
 
 HELD_OUT_SPLIT = "validation"  # of the generated language: documents no training corpus holds
@@ -130,7 +130,7 @@ class BehaviourStats:
 def _indicator_matrix(labels: dict[str, Tensor]) -> tuple[list[str], Tensor | None]:
     if not labels:
         return [], None
-    from sae.language.grammar import indicators
+    from sae.corpus.grammar import indicators
 
     binary = indicators(labels)
     names = list(binary)

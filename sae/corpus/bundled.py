@@ -1,6 +1,6 @@
 """The tiny TransformerLens model shipped in the package, trained on the generated language.
 
-Assets (sae/assets/tiny/, written by pipelines/train_tiny_model.py):
+Assets (sae/assets/tiny/, written by sae/corpus/build_tiny_model.py):
     config.json        the HookedTransformerConfig fields that define the architecture
     model.safetensors  the TransformerLens state dict (float32)
     tokenizer.json     the language's word-level tokenizer (+ tokenizer_config.json)

@@ -23,7 +23,11 @@ from sae_lens.synthetic import FeatureDictionary
 from sae_lens.synthetic.training import train_toy_sae
 from torch import nn
 
-from pipelines.toy import build_ground_truth, ground_truth_metrics, train_and_evaluate
+from pipelines.train_and_evaluate import (
+    build_ground_truth,
+    ground_truth_metrics,
+    train_and_evaluate,
+)
 from sae.config import Config
 from sae.models.matryoshka import default_widths
 from sae.seeding import derive_seed

@@ -24,10 +24,11 @@ from torch import Tensor
 
 from sae.config import LMConfig
 from sae.errors import ConfigError, DataError
-from sae.lm.models import LanguageModel
+from sae.hooked_models.models import LanguageModel
 from sae.seeding import derive_seed
-from sae.sources.base import ActivationSource, BatchStream, HarvestBatch, HarvestStream
+from sae.sources.base import ActivationSource
 from sae.sources.text import GENERATED, SpecialIds, TokenWindows, build_reader, check_dataset
+from sae.streams import BatchStream, HarvestBatch, HarvestStream
 
 
 class LMSource(ActivationSource):
@@ -35,7 +36,7 @@ class LMSource(ActivationSource):
         """Checks the dataset reference, loads the model (unless given) and checks the hooks."""
         check_dataset(cfg.dataset)
         if model is None:
-            from sae.lm.loading import load_language_model
+            from sae.hooked_models.loading import load_language_model
 
             model = load_language_model(cfg)
         model.check_hooks(cfg.hooks)
@@ -54,7 +55,7 @@ class LMSource(ActivationSource):
 
     @property
     def label_names(self) -> tuple[str, ...]:
-        from sae.language.grammar import VARIABLES
+        from sae.corpus.grammar import VARIABLES
 
         return VARIABLES if self.cfg.dataset == GENERATED else ()
 
@@ -145,7 +146,7 @@ def _excluded_ids(tokenizer: Any) -> Tensor:
 
 
 def _check_word_level(tokenizer: Any) -> None:
-    from sae.language.grammar import generate_document
+    from sae.corpus.grammar import generate_document
 
     document = generate_document(0, "train", 0)
     ids = tokenizer(document.text, add_special_tokens=False)["input_ids"]

@@ -1,7 +1,7 @@
 """Train the bundled tiny model on the generated language and write it into the package.
 
-    python -m pipelines.train_tiny_model                 # writes sae/assets/tiny/
-    python -m pipelines.train_tiny_model --steps 5 --out /tmp/tiny   # a smoke run
+    python -m sae.corpus.build_tiny_model                 # writes sae/assets/tiny/
+    python -m sae.corpus.build_tiny_model --steps 5 --out /tmp/tiny   # a smoke run
 
 Run once by a developer (the result is committed). It runs on one thread by default, so the
 weights do not depend on how many cores the machine has (reductions split across threads
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sae.language.bundled import ASSETS, save_bundled_model
-from sae.language.grammar import NOT_APPLICABLE, NOUN_FORMS, VARIABLES, VERB_FORMS
-from sae.language.tokenizer import build_tokenizer
+from sae.corpus.bundled import ASSETS, save_bundled_model
+from sae.corpus.grammar import NOT_APPLICABLE, NOUN_FORMS, VARIABLES, VERB_FORMS
+from sae.corpus.tokenizer import build_tokenizer
 from sae.sources.text import GeneratedReader, SpecialIds, TokenWindows
 
 CORPUS_SEED = 1234  # the training corpus; harvests use the run's seed, so other documents

@@ -21,8 +21,8 @@ import torch
 
 from sae.device import pick_device
 from sae.errors import ConfigError, UserError, first_line
+from sae.hooked_models.models import HFModel, LanguageModel, TransformerLensModel
 from sae.io import looks_like_local_path
-from sae.lm.models import HFModel, LanguageModel, TransformerLensModel
 
 if TYPE_CHECKING:
     from sae.config import LMConfig
@@ -73,7 +73,7 @@ def load_language_model(cfg: LMConfig) -> LanguageModel:
     transformers_logging.disable_progress_bar()  # per-file loading bars would bury our output
     device, dtype = pick_device(cfg.device, "data.lm.device"), DTYPES[cfg.dtype]
     if cfg.model == BUNDLED:
-        from sae.language.bundled import load_bundled_model
+        from sae.corpus.bundled import load_bundled_model
 
         model, _ = load_bundled_model(device=device, dtype=dtype)
         return TransformerLensModel(model, BUNDLED)

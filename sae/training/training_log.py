@@ -16,7 +16,7 @@ from sae.io import fsync_dir
 METRICS_LOG = "metrics.jsonl"
 
 
-class RunLog:
+class TrainingLog:
     def __init__(
         self,
         out_dir: Path,

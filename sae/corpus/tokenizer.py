@@ -11,7 +11,7 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from sae.language.grammar import BOS, EOS, PAD, UNK, vocabulary
+from sae.corpus.grammar import BOS, EOS, PAD, UNK, vocabulary
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:

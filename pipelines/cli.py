@@ -103,7 +103,7 @@ def _train(args: argparse.Namespace) -> None:
         run_train(cfg, args.out)
 
 
-def _run(args: argparse.Namespace) -> None:
+def _full_pipeline(args: argparse.Namespace) -> None:
     from sae.config import load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -167,7 +167,7 @@ def _bench_store(args: argparse.Namespace) -> None:
     from sae.store.format import load_manifest
 
     load_manifest(args.store)
-    from pipelines.bench_store import run_bench_store
+    from pipelines.bench.store import run_bench_store
 
     run_bench_store(args.store, args.batch_size, args.hook, args.repeats)
 
@@ -176,7 +176,7 @@ def _bench_toy(args: argparse.Namespace) -> None:
     from sae.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    from pipelines.compare_saelens import run_compare
+    from pipelines.bench.toy import run_compare
 
     run_compare(cfg, out_json=args.json)
 
@@ -209,7 +209,7 @@ def _bench_train(args: argparse.Namespace) -> None:
         raise UserError("--threads must be at least 1")
     if args.json is not None:
         _check_out_file(args.json)
-    from pipelines.bench_train import run_bench_train
+    from pipelines.bench.train import run_bench_train
 
     run_bench_train(
         points, archs, args.warmup, args.steps, args.device, args.precision, args.json, args.threads
@@ -222,7 +222,7 @@ def _bench_multi(args: argparse.Namespace) -> None:
         raise UserError("--saes must be 1 to 8 and --steps at least 1")
     if args.json is not None:
         _check_out_file(args.json)
-    from pipelines.bench_multi import run_bench_multi
+    from pipelines.bench.multi import run_bench_multi
 
     run_bench_multi(args.saes, args.steps, d, m, batch, args.json)
 
@@ -238,7 +238,7 @@ def _bench_harvest(args: argparse.Namespace) -> None:
         raise UserError("--threads must be at least 1")
     if args.json is not None:
         _check_out_file(args.json)
-    from pipelines.bench_harvest import Shape, run_bench_harvest
+    from pipelines.bench.harvest import Shape, run_bench_harvest
 
     shape = Shape(
         args.layers, args.d_model, args.context_size, args.batch_sequences, args.tokens,
@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="harvest -> store -> train -> evaluate -> report -> publish; re-run to resume"
     )
     _config_args(run)
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=_full_pipeline)
 
     publish = sub.add_parser(
         "publish", help="a run's SAEs as SAELens folders with model cards, locally or on the hub"

@@ -46,8 +46,8 @@ import torch
 from torch import Tensor
 
 from sae.config import LMConfig
+from sae.hooked_models.models import TransformerLensModel, transformer_lens_stop_layer
 from sae.io import atomic_write_json
-from sae.lm.models import TransformerLensModel, transformer_lens_stop_layer
 from sae.tables import format_table
 
 JSON_KEYS = (
@@ -107,7 +107,7 @@ def build_model(shape: Shape, tokenizer: Any) -> Any:
 
 def write_corpus(path: Path, tokenizer: Any, tokens: int) -> None:
     """Documents of the generated language until they hold comfortably more than `tokens`."""
-    from sae.language.grammar import generate_document
+    from sae.corpus.grammar import generate_document
 
     lines, have, index = [], 0, 0
     while have < tokens * 1.1 + 1000:
@@ -121,8 +121,8 @@ def write_corpus(path: Path, tokenizer: Any, tokens: int) -> None:
 def run_bench_harvest(
     shape: Shape, repeats: int = 2, out_json: Path | None = None, threads: int | None = None
 ) -> dict[str, Any]:
-    from sae.language.bundled import load_bundled_model
-    from sae.sources.lm import LMSource
+    from sae.corpus.bundled import load_bundled_model
+    from sae.sources.model_activations import LMSource
 
     if threads is not None:
         torch.set_num_threads(threads)

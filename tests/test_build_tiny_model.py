@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.train_tiny_model import main
-from sae.language.bundled import load_bundled_model, training_stats
-from sae.language.grammar import VARIABLES
-from sae.language.tokenizer import build_tokenizer
+from sae.corpus.build_tiny_model import main
+from sae.corpus.bundled import load_bundled_model, training_stats
+from sae.corpus.grammar import VARIABLES
+from sae.corpus.tokenizer import build_tokenizer
 
 
 def test_a_short_run_writes_a_model_that_loads_like_the_bundled_one(tmp_path: Path) -> None:
