@@ -33,7 +33,8 @@ from sae.report import REPORT, build_report
 from sae.sources.base import ActivationSource
 from sae.sources.store import StoreSource
 from sae.tables import format_table
-from sae.training.trainer import Trainer, check_resumable
+from sae.training.checkpoint import check_resumable
+from sae.training.trainer import Trainer
 
 STORE = "store"
 PUBLISHED = "published"

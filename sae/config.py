@@ -6,16 +6,23 @@ Every section is a pydantic model that forbids unknown keys, so a typo in a YAML
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sae.errors import ConfigError
-
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
 
 
 class Section(BaseModel):
@@ -206,68 +213,149 @@ class HarvestConfig(Section):
 
 
 class SAEConfig(Section):
-    """The dictionary. Keys that an architecture does not use are ignored by it."""
+    """The dictionary: the keys every architecture takes.
 
-    arch: Literal["relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka"] = "topk"
-    d_sae: int = Field(4096, ge=1)
-    # topk, batchtopk, matryoshka: active latents per row (batch-averaged for the batch variants,
-    # which may take a fractional k, as in SAELens)
-    k: float = Field(32, gt=0)
-    # batchtopk, matryoshka, jumprelu: train as a per-row TopK SAE with warm_start_k (default
-    # 2k) for this fraction of training before switching to the architecture's own activation.
-    # The per-row phase gives every row spare slots to explore, so latents specialise instead
-    # of starving in a global competition (without it, half the latents can die on synthetic
-    # data). jumprelu then starts every threshold at the batch-level cutoff for k.
-    warm_start_frac: float = Field(0.5, ge=0, le=1)
-    warm_start_k: int | None = Field(None, ge=1)
-    # relu, gated: L1 coefficient (relu weights it by decoder row norm, Anthropic Apr 2024)
-    l1_coefficient: float = Field(5.0, ge=0)
-    # jumprelu: L0 coefficient, STE bandwidth, initial threshold
-    # (inputs are scaled to mean norm sqrt(d_in), so these are in those units)
-    l0_coefficient: float = Field(0.5, ge=0)
-    jumprelu_bandwidth: float = Field(0.5, gt=0)
-    jumprelu_init_threshold: float = Field(0.5, gt=0)  # without a warm start
-    # fraction of training over which the sparsity coefficient ramps from 0 (relu, gated, jumprelu)
-    sparsity_warmup_frac: float = Field(0.05, ge=0, le=1)
-    # matryoshka: nested prefix widths; the full width d_sae is always the last level
-    matryoshka_widths: list[int] | None = None
-    # dead-latent remedy: "auto" = auxk for topk-family and jumprelu, resample for relu/gated
+    Each architecture declares its own keys in its file under sae/models/architectures/ (an
+    options model derived from this one) and is validated by it: `sae.arch` picks the model, and
+    a key that does not belong to the chosen architecture stops the run naming it. The YAML stays
+    flat (`sae: {arch: topk, d_sae: 4096, k: 32}`). Until `resolve()`, a section holds the
+    architecture's keys unchecked, so a config can be validated up to here without importing
+    torch.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    # default dead-latent remedy of the architecture ("auto" below picks it)
+    default_remedy: ClassVar[str] = "auxk"
+    # the architecture's own keys shown beside arch and width in the model card and the report
+    shown_keys: ClassVar[tuple[str, ...]] = ()
+
+    # an architecture of sae/models/architectures/ or one registered with
+    # sae.models.register_architecture: relu, topk, batchtopk, jumprelu, gated, matryoshka, ...
+    arch: str = "topk"
+    d_sae: int = Field(4096, ge=1)  # dictionary width (latents)
+    # dead-latent remedy: "auto" = the architecture's own (auxk for the topk family and jumprelu,
+    # resample for relu and gated)
     dead_remedy: Literal["auto", "auxk", "resample", "auxk+resample", "none"] = "auto"
-    aux_k: int | None = None  # default d_in // 2 (sparsify)
-    aux_coefficient: float = Field(1 / 32, ge=0)
+    aux_k: int | None = Field(None, ge=1)  # AuxK: dead latents per row; default d_in // 2 (sparsify)
+    aux_coefficient: float = Field(1 / 32, ge=0)  # AuxK loss weight
+    # where b_dec starts: the data's geometric median, its mean, or zero
     b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
-    init_decoder_norm: float = Field(0.1, gt=0)  # relu only; others start at unit norm
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        from sae.models.registry import architecture_names
+
+        names = architecture_names()
+        if arch not in names:
+            raise ValueError(f"unknown architecture '{arch}' (choose from {', '.join(names)})")
+        return arch
+
+    def resolve(self) -> SAEConfig:
+        """This section validated by its architecture's options model (imports the architecture,
+        and with it torch). Raises ConfigError naming a key the architecture does not take."""
+        from sae.models.registry import architecture
+
+        options = architecture(self.arch).Options
+        model = entry_model(options) if isinstance(self, EntryFields) else options
+        if type(self) is model:
+            return self
+        written = self.model_dump(exclude_unset=True)
+        try:
+            return model.model_validate(written)
+        except ValidationError as error:
+            first = error.errors()[0]
+            if first["type"] == "extra_forbidden":
+                key = ".".join([self._section_name(), *map(str, first["loc"])])
+                common = set(SAEConfig.model_fields) | set(EntryFields.model_fields)
+                own = sorted(set(model.model_fields) - common)
+                raise ConfigError(
+                    f"config key '{key}' does not apply to arch {self.arch} "
+                    f"(its own keys: {', '.join(own) or 'none'})"
+                ) from None
+            raise ConfigError(_describe(error, prefix=self._section_name())) from None
+
+    def _section_name(self) -> str:
+        return "sae"
+
+    def remedy(self) -> str:
+        return self.default_remedy if self.dead_remedy == "auto" else self.dead_remedy
+
+    def sparsity_warmup(self) -> float:
+        """Fraction of training over which the sparsity coefficient ramps up from 0."""
+        return 0.0
+
+    def saelens_training(self) -> tuple[str, dict[str, Any]]:
+        """SAELens's training architecture for the same dictionary (`sae bench toy`) and the
+        keys it takes from this config besides d_in and d_sae."""
+        raise ConfigError(f"architecture '{self.arch}' has no SAELens training counterpart")
+
+
+class ArchitectureOptions(SAEConfig):
+    """Base of an architecture's options model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class KOptions(ArchitectureOptions):
+    """Architectures whose sparsity is a number of active latents per row."""
+
+    # active latents per row (batch-averaged for the batch variants, which may take a
+    # fractional k, as in SAELens)
+    k: float = Field(32, gt=0)
 
     @model_validator(mode="after")
-    def _widths(self) -> SAEConfig:
-        if self.arch in ("topk", "batchtopk", "matryoshka") and self.k > self.d_sae:
+    def _k_fits(self) -> KOptions:
+        if self.k > self.d_sae:
             raise ValueError(f"k={self.k:g} exceeds d_sae={self.d_sae}")
-        if self.arch == "topk" and not float(self.k).is_integer():
-            raise ValueError(f"topk needs a whole number k (got {self.k:g})")
-        if self.matryoshka_widths is not None:
-            widths = self.matryoshka_widths
-            if any(b <= a for a, b in zip(widths, widths[1:], strict=False)) or widths[0] < 1:
-                raise ValueError("matryoshka_widths must be positive and strictly increasing")
-            if widths[-1] > self.d_sae:
-                raise ValueError(f"matryoshka_widths exceed d_sae={self.d_sae}")
         return self
+
+
+class WarmStartOptions(KOptions):
+    """Batch-level and threshold activations that may start as a per-row TopK.
+
+    They train as a per-row TopK SAE with warm_start_k (default 2k) for the first
+    warm_start_frac of training before switching to their own activation. The per-row phase
+    gives every row spare slots to explore, so latents specialise instead of starving in a
+    global competition (without it, half the latents can die on synthetic data).
+    """
+
+    warm_start_frac: float = Field(0.5, ge=0, le=1)
+    warm_start_k: int | None = Field(None, ge=1)
 
     def warm_k(self) -> int:
         return min(self.warm_start_k or math.ceil(2 * self.k), self.d_sae)
 
-    def remedy(self) -> str:
-        if self.dead_remedy != "auto":
-            return self.dead_remedy
-        return "resample" if self.arch in ("relu", "gated") else "auxk"
+
+class PenaltyWarmupOptions(ArchitectureOptions):
+    """Architectures with a sparsity penalty, ramped in from 0 over the start of training."""
+
+    sparsity_warmup_frac: float = Field(0.05, ge=0, le=1)
+
+    def sparsity_warmup(self) -> float:
+        return self.sparsity_warmup_frac
 
 
-class SAEEntry(SAEConfig):
-    """One SAE of a run that trains several on the same batches (`saes:`), e.g. a sweep over
-    k, l1_coefficient, widths or learning rates, or SAEs on several hooks of one store."""
+class EntryFields(BaseModel):
+    """What an SAE of a `saes:` list adds to its architecture's keys."""
 
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")  # default: sae<position>
     hook: str | None = None  # default: the source's (first) hook
     lr: float | None = Field(None, gt=0)  # default: train.lr
+
+
+class SAEEntry(SAEConfig, EntryFields):
+    """One SAE of a run that trains several on the same batches (`saes:`), e.g. a sweep over
+    k, l1_coefficient, widths or learning rates, or SAEs on several hooks of one store."""
+
+    def _section_name(self) -> str:
+        return f"saes[{self.name}]" if self.name else "saes"
+
+
+@functools.cache
+def entry_model(options: type[SAEConfig]) -> type[SAEConfig]:
+    """An architecture's options model with the `saes:` entry fields added."""
+    return type(f"{options.__name__}Entry", (options, EntryFields), {"__module__": __name__})
 
 
 # ---------------------------------------------------------------------------- training
@@ -346,6 +434,7 @@ class Config(Section):
     @model_validator(mode="after")
     def _one_sae_section(self) -> Config:
         if self.saes is None:
+            self._resolve_sae()
             return self
         if "sae" in self.model_fields_set:
             raise ValueError("set either sae (one SAE) or saes (several), not both")
@@ -357,13 +446,23 @@ class Config(Section):
         names = [entry.name for entry in self.saes]
         if len(set(names)) != len(names):
             raise ValueError(f"saes: names must be distinct (got {names})")
+        self._resolve_sae()
         return self
+
+    def _resolve_sae(self) -> None:
+        """Validate each SAE section by its architecture, once every other key is valid: that
+        imports the architectures (torch), which a config error elsewhere should not wait for.
+        Set through __dict__: assignment would validate the whole config again."""
+        self.__dict__["sae"] = self.sae.resolve()
+        if self.saes is not None:
+            self.__dict__["saes"] = [entry.resolve() for entry in self.saes]
 
     def sae_entries(self) -> list[SAEEntry]:
         """Every SAE of the run, named; a lone `sae` section is called "sae"."""
         if self.saes is not None:
             return list(self.saes)
-        return [SAEEntry(**self.sae.model_dump(), name="sae")]
+        entry = entry_model(type(self.sae))
+        return [entry.model_validate({**self.sae.model_dump(), "name": "sae"})]
 
 
 # ---------------------------------------------------------------------------- loading
@@ -394,10 +493,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, prefix: str = "") -> str:
     first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
-    msg = first["msg"]
+    loc = [str(p) for p in first["loc"] if not str(p).startswith("function-after")]
+    where = ".".join([prefix, *loc] if prefix else loc)
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{where}'"
     if first["type"] == "missing":
@@ -436,10 +536,35 @@ def load_config(
 ) -> Any:
     """Read a YAML config, apply `key=value` overrides, validate. Raises ConfigError."""
     tree = read_yaml(path)
+    overridden = set()
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
+        overridden.add(key)
+    if "sae.arch" in overridden:
+        _switch_architecture(tree, overridden)
     return validate_tree(tree, schema)
+
+
+def _switch_architecture(tree: dict[str, Any], overridden: set[str]) -> None:
+    """`--set sae.arch=X` on a config written for another architecture compares architectures
+    on one config: the file's keys that X does not take are dropped, and said so. Keys given
+    with --set itself are still checked."""
+    from sae.models.registry import architecture, architecture_names
+
+    section = tree.get("sae")
+    if not isinstance(section, dict) or section.get("arch") not in architecture_names():
+        return  # validation names the problem
+    own = architecture(section["arch"]).Options.model_fields
+    dropped = [k for k in section if k not in own and f"sae.{k}" not in overridden]
+    for key in dropped:
+        del section[key]
+    if dropped:
+        print(
+            f"sae: note: sae.arch={section['arch']} does not take {', '.join(dropped)} "
+            "from the config file; left out",
+            file=sys.stderr,
+        )
 
 
 def to_dict(cfg: BaseModel) -> dict[str, Any]:

@@ -14,8 +14,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from sae.models.registry import takes  # noqa: E402
+
 os.environ.setdefault("WANDB_MODE", "disabled")  # tests never talk to wandb's servers
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def k_for(arch: str, k: float) -> dict[str, float]:
+    """{"k": k} for an architecture that takes k, else nothing: a key an architecture does not
+    take is a config error."""
+    return {"k": k} if takes(arch, "k") else {}
 
 
 def tiny_tree(arch: str = "topk", **sae: Any) -> dict[str, Any]:
@@ -30,7 +38,7 @@ def tiny_tree(arch: str = "topk", **sae: Any) -> dict[str, Any]:
                 "std_magnitude": 0.1,
             }
         },
-        "sae": {"arch": arch, "d_sae": 48, "k": 3, **sae},
+        "sae": {"arch": arch, "d_sae": 48, **k_for(arch, 3), **sae},
         "train": {
             "samples": 80_000,
             "batch_size": 128,

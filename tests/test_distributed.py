@@ -19,13 +19,15 @@ from sae import distributed
 from sae.config import validate_tree
 from sae.io import load_state, save_state
 from sae.models import build_sae
+from sae.models.registry import takes
 from sae.sources import build_source
 from sae.store.format import load_manifest
 from sae.store.parallel import harvest_rows_distributed
 from sae.store.writer import StoreWriter, harvest_rows, open_writer
 from sae.streams import HarvestBatch, HarvestStream
-from sae.training.trainer import CHECKPOINT, Trainer
-from tests.conftest import write_config
+from sae.training.checkpoint import CHECKPOINT
+from sae.training.trainer import Trainer
+from tests.conftest import k_for, write_config
 from tests.distributed_helpers import alone, run_ranks, torchrun_sae
 from tests.store_helpers import store_files
 
@@ -64,11 +66,17 @@ def sparse_store(directory: Path, rows: int = 8192) -> Path:
     return directory
 
 
+def warm_start(arch: str, frac: float) -> dict[str, float]:
+    """warm_start_frac for the architectures that take it (a key an architecture does not take
+    is a config error)."""
+    return {"warm_start_frac": frac} if takes(arch, "warm_start_frac") else {}
+
+
 def train_tree(store: Path, arch: str, steps: int, **train: Any) -> dict[str, Any]:
     return {
         "seed": 0,
         "data": {"store": str(store)},
-        "sae": {"arch": arch, "d_sae": 64, "k": 4, "warm_start_frac": 0.25, "dead_remedy": "auxk"},
+        "sae": {"arch": arch, "d_sae": 64, "dead_remedy": "auxk", **k_for(arch, 4), **warm_start(arch, 0.25)},
         "train": {
             "checkpoint_every_steps": 0,
             "samples": 64 * steps, "batch_size": 64, "lr": 3e-3, "lr_warmup_steps": 2,

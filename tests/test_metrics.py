@@ -11,6 +11,7 @@ from sae.evaluation.ground_truth import cosines, evaluate_ground_truth, frac_rec
 from sae.models import build_sae
 from sae.publish.saelens import load_saelens, save_saelens
 from sae.sources.synthetic import SyntheticSource
+from tests.conftest import k_for
 
 
 def test_perfect_dictionary_scores_one() -> None:
@@ -35,7 +36,7 @@ def test_metrics_agree_with_saelens_synthetic_evals(arch: str, tmp_path) -> None
     source = SyntheticSource(
         SyntheticConfig(num_features=40, hidden_dim=12, std_magnitude=0.3), seed=3
     )
-    sae = build_sae(SAEConfig(arch=arch, d_sae=32, k=4), 12, seed=5)
+    sae = build_sae(SAEConfig(arch=arch, d_sae=32, **k_for(arch, 4)), 12, seed=5)
     with torch.no_grad():
         sae.b_enc.fill_(-0.05)
     ours = evaluate_ground_truth(sae, source, samples=3000, batch_size=3000, seed=11)

@@ -6,6 +6,7 @@ import torch
 from sae.config import SAEConfig
 from sae.models import REGISTRY, StepContext, build_sae
 from sae.publish.saelens import load_saelens, save_saelens
+from tests.conftest import k_for
 
 ARCHS = sorted(REGISTRY)
 D_IN = 12
@@ -13,7 +14,7 @@ D_IN = 12
 
 def perturbed(arch: str, **cfg) -> torch.nn.Module:
     """An SAE whose every parameter is non-trivial, so export bugs cannot hide behind zeros."""
-    sae = build_sae(SAEConfig(arch=arch, d_sae=48, k=5, **cfg), D_IN, seed=1)
+    sae = build_sae(SAEConfig(arch=arch, d_sae=48, **k_for(arch, 5), **cfg), D_IN, seed=1)
     generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for name, param in sae.named_parameters():

@@ -38,7 +38,7 @@ def assert_same_step(out, grads, ref_out, ref_grads) -> None:
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("sparse", [True, False])
 def test_training_step_matches_plain_autograd(arch: str, sparse: bool, monkeypatch) -> None:
-    sae = perturbed(arch, dead_remedy="auxk", aux_k=3, jumprelu_bandwidth=0.5)
+    sae = perturbed(arch, dead_remedy="auxk", aux_k=3)
     x = torch.randn(64, D_IN, generator=torch.Generator().manual_seed(3))
     dead = torch.zeros(48, dtype=torch.bool)
     dead[::3] = True
@@ -61,7 +61,7 @@ def test_training_step_matches_plain_autograd(arch: str, sparse: bool, monkeypat
 def test_a_bf16_encoder_matmul_only_chooses_the_pairs(arch: str, monkeypatch) -> None:
     """Under bf16 autocast (train.precision) the step's loss and gradients are those of float32
     training on the pairs the bf16 pre-activations chose."""
-    sae = perturbed(arch, jumprelu_bandwidth=0.5)
+    sae = perturbed(arch)
     x = torch.randn(64, D_IN, generator=torch.Generator().manual_seed(5))
     ctx = StepContext(sparse=True)
     with torch.autocast("cpu", torch.bfloat16):  # the forward pass only, as in training

@@ -13,10 +13,12 @@ from safetensors.torch import load_file
 
 from pipelines.train_and_evaluate import build_ground_truth, train_and_evaluate
 from sae.config import validate_tree
+from sae.device import uses_bf16
 from sae.errors import DataError
 from sae.models import build_sae
+from sae.models.base import geometric_median
 from sae.streams import BatchStream
-from sae.training.trainer import Trainer, geometric_median, uses_bf16
+from sae.training.trainer import Trainer
 from tests.conftest import tiny_tree, write_config
 
 

@@ -29,21 +29,12 @@ from pipelines.train_and_evaluate import (
     train_and_evaluate,
 )
 from sae.config import Config
-from sae.models.matryoshka import default_widths
 from sae.seeding import derive_seed
 from sae.sources.base import GroundTruthSource
 from sae.sources.synthetic import SyntheticSource
 from sae.sources.toy import ToySuperposition
 from sae.tables import format_table
 
-SAELENS_ARCH = {
-    "relu": "standard",
-    "topk": "topk",
-    "batchtopk": "batchtopk",
-    "jumprelu": "jumprelu",
-    "gated": "gated",
-    "matryoshka": "matryoshka_batchtopk",
-}
 COLUMNS = (
     "trainer", "arch", "samples", "seconds", "samples_per_second", "mcc", "f1", "precision",
     "recall", "frac_recovered_90", "explained_variance", "l0", "dead_latents",
@@ -55,16 +46,12 @@ class _BudgetSpent(Exception):
 
 
 def saelens_training_sae(cfg: Config, d_in: int) -> Any:
-    arch = SAELENS_ARCH[cfg.sae.arch]
+    """SAELens's training SAE for our architecture (each declares its counterpart), given only
+    d_in, d_sae and the keys that architecture passes on (k, matryoshka widths)."""
+    arch, keys = cfg.sae.saelens_training()
     sae_class, cfg_class = get_sae_training_class(arch)
-    kwargs: dict[str, Any] = {"d_in": d_in, "d_sae": cfg.sae.d_sae}
-    if cfg.sae.arch in ("topk", "batchtopk", "matryoshka"):
-        # SAELens's TopK takes an int (its batch variants a float), as our topk model does
-        kwargs["k"] = int(cfg.sae.k) if cfg.sae.arch == "topk" else cfg.sae.k
-    if cfg.sae.arch == "matryoshka":
-        kwargs["matryoshka_widths"] = list(cfg.sae.matryoshka_widths or default_widths(cfg.sae.d_sae))
     torch.manual_seed(derive_seed(cfg.seed, "saelens-init"))
-    return sae_class(cfg_class(**kwargs))
+    return sae_class(cfg_class(d_in=d_in, d_sae=cfg.sae.d_sae, **keys))
 
 
 class _ToyFeatures(nn.Module):
@@ -134,7 +121,7 @@ def run_compare(cfg: Config, out_json: Path | None = None) -> list[dict[str, Any
     rows = [
         {"trainer": "sae (ours)", **_pick(ours)},
         {
-            "trainer": f"sae_lens {SAELENS_ARCH[cfg.sae.arch]}",
+            "trainer": f"sae_lens {cfg.sae.saelens_training()[0]}",
             **theirs,
             "arch": cfg.sae.arch,
             "samples": samples,

@@ -37,11 +37,12 @@ import torch
 from torch import Tensor
 
 from sae.config import SAEEntry, SyntheticConfig, TrainConfig
-from sae.device import pick_device
+from sae.device import pick_device, uses_bf16
 from sae.io import atomic_write_json
 from sae.models import build_sae
+from sae.models.registry import takes
 from sae.tables import format_table
-from sae.training.trainer import SAETraining, uses_bf16
+from sae.training.trainer import SAETraining
 
 DEFAULT_POINTS = ((128, 1024, 4096), (512, 8192, 4096))
 DEFAULT_ARCHS = ("topk", "relu")
@@ -179,7 +180,8 @@ def _sparse_relu_bias(W_enc: Tensor, b_dec: Tensor, x: Tensor, k: int) -> Tensor
 
 class _Ours:
     def __init__(self, point: Point, batches: list[Tensor], precision: str, device: torch.device):
-        entry = SAEEntry(arch=point.arch, d_sae=point.m, k=K, name="bench")
+        k = {"k": K} if takes(point.arch, "k") else {}
+        entry = SAEEntry(arch=point.arch, d_sae=point.m, name="bench", **k)
         tc = TrainConfig(batch_size=point.batch, precision=precision, lr_warmup_steps=0)
         if _held_sparse(point):
             tc.lr = RELU_HOLD_LR

@@ -1,26 +1,45 @@
-"""SAE architectures, registered by name. Adding one: a new file and one line below."""
+"""SAE architectures. Adding one: a new file in sae/models/architectures/ (see registry.py).
 
-import torch
+Importing this package is light (no torch): the registry functions are here at once, and the
+model classes and `REGISTRY` load on first use.
+"""
 
-from sae.config import SAEConfig
-from sae.models.base import ForwardOutput, SparseAutoencoder, StepContext, TrainOutput
-from sae.models.batchtopk import BatchTopKSAE
-from sae.models.gated import GatedSAE
-from sae.models.jumprelu import JumpReLUSAE
-from sae.models.matryoshka import MatryoshkaSAE
-from sae.models.relu import ReLUSAE
-from sae.models.topk import TopKSAE
-from sae.seeding import derive_seed
+from __future__ import annotations
 
-REGISTRY: dict[str, type[SparseAutoencoder]] = {
-    cls.arch: cls
-    for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, GatedSAE, MatryoshkaSAE)
-}
+from typing import TYPE_CHECKING, Any
+
+from sae.models.registry import (
+    all_architectures,
+    architecture,
+    architecture_names,
+    register_architecture,
+)
+
+if TYPE_CHECKING:
+    from sae.config import SAEConfig
+    from sae.models.base import SparseAutoencoder
+
+_FROM_BASE = ("ForwardOutput", "SparseAutoencoder", "StepContext", "TrainOutput")
 
 
 def build_sae(cfg: SAEConfig, d_in: int, seed: int = 0) -> SparseAutoencoder:
+    import torch
+
+    from sae.seeding import derive_seed
+
+    cfg = cfg.resolve()
     generator = torch.Generator().manual_seed(derive_seed(seed, "sae-init"))
-    return REGISTRY[cfg.arch](d_in, cfg, generator)
+    return architecture(cfg.arch)(d_in, cfg, generator)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "REGISTRY":  # every architecture by name, as tests iterate it
+        return all_architectures()
+    if name in _FROM_BASE:
+        from sae.models import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'sae.models' has no attribute '{name}'")
 
 
 __all__ = [
@@ -29,5 +48,9 @@ __all__ = [
     "SparseAutoencoder",
     "StepContext",
     "TrainOutput",
+    "all_architectures",
+    "architecture",
+    "architecture_names",
     "build_sae",
+    "register_architecture",
 ]

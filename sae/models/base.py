@@ -18,7 +18,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from sae.config import SAEConfig
+from sae.config import ArchitectureOptions, SAEConfig
 from sae.distributed import LOCAL, World
 from sae.models.sparse import (
     ALL,
@@ -61,7 +61,8 @@ class StepContext:
 
 
 class SparseAutoencoder(nn.Module):
-    arch: ClassVar[str]
+    arch: ClassVar[str]  # the `sae.arch` value
+    Options: ClassVar[type[ArchitectureOptions]]  # its keys (sae/config.py), validated by arch
     saelens_arch: ClassVar[str]  # the `architecture` written to SAELens's cfg.json
     unit_norm_decoder: ClassVar[bool] = True
     # Batch-level and threshold activations may start as a per-row TopK (sae.warm_start_frac).
@@ -184,14 +185,23 @@ class SparseAutoencoder(nn.Module):
         pre = encode_at(x, self.b_dec, self.W_enc, self.b_enc, pre_all, layout)
         aux_recon = layout.decode(pre.relu(), self.W_dec)
         residual = (x - recon).detach()
-        if group.distributed:
-            n = group.rows(residual.shape[0])
-            sums = group.sum(torch.cat([residual.sum(0), residual.pow(2).sum().reshape(1)]))
-            variance = ((sums[-1] - sums[:-1].pow(2).sum() / n) / n).clamp(min=1e-8)
-        else:
-            variance = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp(min=1e-8)
-        loss = row_sq_error(residual, aux_recon) / variance
+        # one path for one process and many: LOCAL's sum returns its input (float64, since the
+        # variance is taken from sums of squares)
+        n = group.rows(residual.shape[0])
+        wide = residual.double()
+        sums = group.sum(torch.cat([wide.sum(0), wide.pow(2).sum().reshape(1)]))
+        variance = ((sums[-1] - sums[:-1].pow(2).sum() / n) / n).clamp(min=1e-8)
+        loss = row_sq_error(residual, aux_recon) / variance.to(residual.dtype)
         return self.cfg.aux_coefficient * torch.nan_to_num(loss, nan=0.0)
+
+    @torch.no_grad()
+    def initialise_b_dec(self, sample: Tensor) -> None:
+        """Start b_dec at the centre of a data sample (sae.b_dec_init): the geometric median,
+        which outliers move less than the mean, the mean, or zero."""
+        if self.cfg.b_dec_init == "mean":
+            self.b_dec.copy_(sample.mean(0))
+        elif self.cfg.b_dec_init == "geometric_median":
+            self.b_dec.copy_(geometric_median(sample))
 
     # ------------------------------------------------------------------ decoder norms
 
@@ -229,3 +239,17 @@ class SparseAutoencoder(nn.Module):
     def fit_inference(self, batches: list[Tensor]) -> None:
         """Settle what inference needs once training is over (a threshold, folded norms)."""
 
+
+def geometric_median(points: Tensor, iterations: int = 100, tol: float = 1e-6) -> Tensor:
+    """Weiszfeld's algorithm, started at the mean."""
+    points = points.double()
+    median = points.mean(0)
+    for _ in range(iterations):
+        distances = (points - median).norm(dim=-1).clamp(min=1e-12)
+        weights = 1 / distances
+        updated = (weights[:, None] * points).sum(0) / weights.sum()
+        if (updated - median).norm() <= tol * max(float(median.norm()), 1.0):
+            median = updated
+            break
+        median = updated
+    return median.float()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sae.models.registry import shown_keys
+
 # metrics.json keys shown in the card, in this order, when the evaluation measured them
 CARD_METRICS = (
     ("explained_variance", "explained variance"),
@@ -21,15 +23,6 @@ CARD_METRICS = (
     ("mcc", "MCC with the true features"),
     ("eval_tokens", "evaluation tokens"),
 )
-SPARSITY_KEYS = {  # the architecture's sparsity setting, as named in the config
-    "topk": ("k",),
-    "batchtopk": ("k",),
-    "matryoshka": ("k", "matryoshka_widths"),
-    "relu": ("l1_coefficient",),
-    "gated": ("l1_coefficient",),
-    "jumprelu": ("l0_coefficient",),
-}
-
 
 def sae_settings(metrics: dict[str, Any]) -> dict[str, Any]:
     """This SAE's section of the run's config (its `saes:` entry, or `sae:`)."""
@@ -60,7 +53,7 @@ def model_card(folder: str, cfg: dict[str, Any], metrics: dict[str, Any], sparsi
     arch = metrics.get("arch") or settings.get("arch") or cfg.get("architecture")
     model, hook = meta.get("model_name"), meta.get("hook_name")
     title = f"{arch} SAE" + (f" on {model}, {hook}" if model and hook else "")
-    sparsity_rows = [(key, settings.get(key, cfg.get(key))) for key in SPARSITY_KEYS.get(arch, ())]
+    sparsity_rows = [(key, settings.get(key, cfg.get(key))) for key in shown_keys(arch)]
     about = _table(
         [
             ("architecture", f"{arch} (SAELens `{cfg.get('architecture')}`)"),

@@ -13,6 +13,7 @@ from html import escape
 from importlib.resources import files
 from typing import Any
 
+from sae.models.registry import shown_keys
 from sae.report.svg import Series, fmt, histogram_chart, line_chart
 
 # Training-log series worth a chart each: (title, keys, log scale).
@@ -64,8 +65,8 @@ def _config_line(metrics: dict[str, Any]) -> str:
     if lm:
         parts.append(f"model {lm.get('model')} at {', '.join(lm.get('hooks') or [])}")
     parts += [f"arch {sae.get('arch')}", f"d_sae {sae.get('d_sae')}"]
-    if sae.get("arch") in ("topk", "batchtopk", "matryoshka"):
-        parts.append(f"k {sae.get('k')}")
+    shown = [(key, sae.get(key)) for key in shown_keys(sae.get("arch"))]
+    parts += [f"{key} {value}" for key, value in shown if value is not None]
     train = config.get("train") or {}
     if train:
         parts.append(f"{train.get('samples'):,} training samples")

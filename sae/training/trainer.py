@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from sae import distributed
 from sae.config import Config, SAEEntry, TrainConfig, to_dict
-from sae.device import pick_device
+from sae.device import pick_device, uses_bf16
 from sae.distributed import LOCAL, World
 from sae.errors import DataError, UserError
 from sae.io import load_state, save_state
@@ -40,10 +40,9 @@ from sae.seeding import derive_seed
 from sae.sources.base import ActivationSource
 from sae.sources.prefetch import Prefetcher
 from sae.streams import BatchStream
+from sae.training.checkpoint import CHECKPOINT, check_same_run, int_keys
 from sae.training.parallel import owned_saes, parallel_mode, rank_stream
 from sae.training.training_log import TrainingLog
-
-CHECKPOINT = "checkpoint.safetensors"
 
 Batch = Tensor | dict[str, Tensor]
 
@@ -58,22 +57,6 @@ class TrainSummary:
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
-
-
-def uses_bf16(precision: str, device: torch.device) -> bool:
-    """Whether the encoder matmul runs in bf16: always for "bf16", never for "fp32", and for
-    "auto" where bf16 matmuls are faster than fp32: CUDA with bf16, and CPUs with bf16
-    instructions, AMX tiles or AVX512-BF16 (measured on the latter, an AMD EPYC, 2 threads:
-    [4096, 129] x [129, 1024] 3.0 vs 9.2 ms, [4096, 513] x [513, 8192] 91 vs 238 ms). Without
-    them oneDNN emulates bf16, slower than fp32."""
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 class SAETraining:
@@ -124,14 +107,10 @@ class SAETraining:
                 raise DataError("activations are all zero; cannot normalise inputs")
             self.input_scale = math.sqrt(self.sae.d_in) / mean_norm
             sample = sample * self.input_scale
-        init = self.sae.cfg.b_dec_init
-        if init == "mean":
-            self.sae.b_dec.copy_(sample.mean(0))
-        elif init == "geometric_median":
-            self.sae.b_dec.copy_(geometric_median(sample))
+        self.sae.initialise_b_dec(sample)
 
     def train_step(self, x: Tensor, step: int, total_steps: int) -> TrainOutput:
-        warmup = self.sae.cfg.sparsity_warmup_frac * total_steps
+        warmup = self.sae.cfg.sparsity_warmup() * total_steps
         ctx = StepContext(
             sparsity_scale=min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0,
             progress=step / total_steps,
@@ -167,26 +146,14 @@ class SAETraining:
 
     @torch.no_grad()
     def record(self, x: Tensor, out: TrainOutput) -> dict[str, Any]:
-        if self.group.distributed:
-            return self._global_record(x, out)
-        residual = (x - out.recon.float()).pow(2).sum()
-        variance = (x - x.mean(0)).pow(2).sum().clamp(min=1e-12)
-        return {
-            "loss": float(out.loss),
-            "mse": float(out.mse),
-            "sparsity": float(out.sparsity),
-            "aux": float(out.aux),
-            "l0": out.latents.l0(),
-            "explained_variance": float(1 - residual / variance),
-            "dead_fraction": float(self.dead().float().mean()),
-        }
-
-    def _global_record(self, x: Tensor, out: TrainOutput) -> dict[str, Any]:
-        """`record` over the whole batch of the data-parallel group: rank slices are equal, so
-        the global means are the means of the ranks' means."""
-        means = torch.stack([out.loss, out.mse, out.sparsity, out.aux]).detach().float()
+        """The step's figures over the whole batch of the data-parallel group (on one process,
+        `group` is LOCAL and its sum returns its input). Rank slices are equal, so the global
+        means are the means of the ranks' means; sums in float64, as the variance is taken
+        from sums of squares."""
+        means = torch.stack([out.loss, out.mse, out.sparsity, out.aux]).detach().double()
         l0 = means.new_tensor([out.latents.l0()])
-        residual = (x - out.recon.float()).pow(2).sum().reshape(1)
+        x = x.double()
+        residual = (x - out.recon.double()).pow(2).sum().reshape(1)
         sums = self.group.sum(torch.cat([means, l0, residual, x.pow(2).sum().reshape(1), x.sum(0)]))
         loss, mse, sparsity, aux, l0_sum, residual_sum, square_sum = sums[:7].tolist()
         n = self.group.rows(x.shape[0])
@@ -213,7 +180,7 @@ class SAETraining:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.sae.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(_int_keys(state["optimizer"]))
+        self.optimizer.load_state_dict(int_keys(state["optimizer"]))
         self.samples_since_fired.copy_(state["samples_since_fired"])
         self.generator.set_state(state["generator"])
         self.input_scale = float(state["input_scale"])
@@ -292,7 +259,7 @@ class Trainer:
         self.mode = parallel_mode(self.tc, len(saes), self.world)
         self.names = list(saes)
         group = self.world if self.mode == "data" else LOCAL
-        self.runs = [
+        self.trainings = [
             SAETraining(entries[name], saes[name], self.tc, cfg.seed, self.device, group)
             for name in owned_saes(self.names, self.mode, self.world)
         ]
@@ -309,14 +276,14 @@ class Trainer:
         """Whether this process writes SAE `name`'s results: its owner in SAE-parallel
         training, else rank 0 (data-parallel ranks hold identical copies)."""
         if self.mode == "saes":
-            return any(run.name == name for run in self.runs)
+            return any(training.name == name for training in self.trainings)
         return self.world.main
 
     @property
     def sae(self) -> SparseAutoencoder:
-        """The SAE of a single-SAE run."""
-        (run,) = self.runs
-        return run.sae
+        """The SAE of a single-SAE training."""
+        (training,) = self.trainings
+        return training.sae
 
     # ------------------------------------------------------------------ public
 
@@ -331,8 +298,8 @@ class Trainer:
             else:
                 self._initialise()
             if self.mode == "data":  # identical already; DDP's guarantee, made explicit
-                for run in self.runs:
-                    self.world.broadcast_([*run.sae.parameters(), *run.sae.buffers()])
+                for training in self.trainings:
+                    self.world.broadcast_([*training.sae.parameters(), *training.sae.buffers()])
             self._loop(stream)
         finally:
             stream.close()
@@ -344,25 +311,25 @@ class Trainer:
             steps=self.step,
             samples=self.step * self.batch_size,
             seconds=self.seconds,
-            input_scale=self._run(name or self.runs[0].name).input_scale,
+            input_scale=self._training(name or self.trainings[0].name).input_scale,
         )
 
     def fresh_batches(
         self, n_batches: int, purpose: str, name: str | None = None
     ) -> list[Tensor]:
         """Scaled batches from a stream of their own (for fitting thresholds, estimates)."""
-        run = self._run(name)
+        training = self._training(name)
         stream = self._stream(purpose)
         try:
-            return [self._prepare(run, next(stream)) for _ in range(n_batches)]
+            return [self._prepare(training, next(stream)) for _ in range(n_batches)]
         finally:
             stream.close()
 
-    def _run(self, name: str | None) -> SAETraining:
+    def _training(self, name: str | None) -> SAETraining:
         if name is None:
-            (run,) = self.runs
-            return run
-        return next(run for run in self.runs if run.name == name)
+            (training,) = self.trainings
+            return training
+        return next(training for training in self.trainings if training.name == name)
 
     def _stream(self, purpose: str, partitioned: bool = False) -> BatchStream:
         """Whole batches, the same on every rank; `partitioned`: this rank's data-parallel slice."""
@@ -383,9 +350,9 @@ class Trainer:
             batches = [next(stream) for _ in range(self.tc.norm_estimate_batches)]
         finally:
             stream.close()
-        for run in self.runs:
-            rows = [run.take(batch).to(self.device, torch.float32) for batch in batches]
-            run.initialise(torch.cat(rows))
+        for training in self.trainings:
+            rows = [training.take(batch).to(self.device, torch.float32) for batch in batches]
+            training.initialise(torch.cat(rows))
 
     def _state(self, stream: BatchStream) -> dict[str, Any]:
         return {
@@ -394,7 +361,7 @@ class Trainer:
             "seconds": self.seconds,
             "run_id": self.run_id,
             "stream": stream.state_dict(),
-            "saes": {run.name: run.state() for run in self.runs},
+            "saes": {training.name: training.state() for training in self.trainings},
         }
 
     def _restore(self, stream: BatchStream) -> None:
@@ -404,9 +371,9 @@ class Trainer:
                 f"{self.checkpoint_path} was written by an older version of the trainer; "
                 "use a new --out directory"
             )
-        _check_same_run(state["config"], to_dict(self.cfg), self.resumable_keys, self.out_dir)
-        for run in self.runs:
-            run.load_state(state["saes"][run.name])
+        check_same_run(state["config"], to_dict(self.cfg), self.resumable_keys, self.out_dir)
+        for training in self.trainings:
+            training.load_state(state["saes"][training.name])
         stream.load_state_dict(state["stream"])
         self.step, self.seconds = int(state["step"]), float(state["seconds"])
         self.run_id = state["run_id"]
@@ -435,26 +402,26 @@ class Trainer:
                 self.out_dir, to_dict(self.cfg), lc.wandb, lc.wandb_project, self.run_id, self.step
             )
             self.run_id = log.run_id
-        archs = ",".join(sorted({run.sae.cfg.arch for run in self.runs}))
+        archs = ",".join(sorted({training.sae.cfg.arch for training in self.trainings}))
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
             disable=None if lc.progress and self.world.main else True,
-            desc=f"train {archs}" + (f" x{len(self.runs)}" if len(self.runs) > 1 else ""),
+            desc=f"train {archs}" + (f" x{len(self.trainings)}" if len(self.trainings) > 1 else ""),
             unit="step",
             dynamic_ncols=True,
         )
         every = self.tc.checkpoint_every_steps
         try:
-            for run in self.runs:
-                run.sae.train()
+            for training in self.trainings:
+                training.sae.train()
             while self.step < self.total_steps:
                 started = time.perf_counter()
                 batch = next(stream)
                 steps = []
-                for run in self.runs:
-                    x = self._prepare(run, batch)
-                    steps.append((run, x, run.train_step(x, self.step, self.total_steps)))
+                for training in self.trainings:
+                    x = self._prepare(training, batch)
+                    steps.append((training, x, training.train_step(x, self.step, self.total_steps)))
                 self.step += 1
                 if self.step in self.resample_steps:
                     self._resample()
@@ -476,11 +443,11 @@ class Trainer:
             {
                 "step": self.step,
                 "samples": self.step * self.batch_size,
-                **({"sae": run.name} if len(self.names) > 1 else {}),
-                **run.record(x, out),
-                "lr": run.lr_at(self.step - 1, self.total_steps),
+                **({"sae": training.name} if len(self.names) > 1 else {}),
+                **training.record(x, out),
+                "lr": training.lr_at(self.step - 1, self.total_steps),
             }
-            for run, x, out in steps
+            for training, x, out in steps
         ]
         if self.mode == "saes":  # each rank has its SAEs' records; rank 0 logs all, in order
             records = [r for part in self.world.all_gather_json(records) for r in part]
@@ -491,73 +458,23 @@ class Trainer:
             log.log(record)
         bar.set_postfix(mse=f"{records[0]['mse']:.4g}", l0=f"{records[0]['l0']:.1f}")
 
-    def _prepare(self, run: SAETraining, batch: Batch) -> Tensor:
-        x = run.take(batch).to(self.device, torch.float32, non_blocking=True)
+    def _prepare(self, training: SAETraining, batch: Batch) -> Tensor:
+        x = training.take(batch).to(self.device, torch.float32, non_blocking=True)
         if not torch.isfinite(x).all():
             raise DataError(f"activation batch at step {self.step} contains NaN or inf values")
-        return x * run.input_scale if run.input_scale != 1.0 else x
+        return x * training.input_scale if training.input_scale != 1.0 else x
 
     def _resample(self) -> None:
-        runs = [run for run in self.runs if "resample" in run.sae.cfg.remedy()]
-        if not runs:
+        resampled = [t for t in self.trainings if "resample" in t.sae.cfg.remedy()]
+        if not resampled:
             return
         n_batches = max(1, self.tc.resample_sample_rows // self.batch_size)
-        for run in runs:
-            batches = self.fresh_batches(n_batches, f"resample-{self.step}", run.name)
-            run.resample_dead(torch.cat(batches), self.tc.resample_encoder_scale)
+        for training in resampled:
+            batches = self.fresh_batches(n_batches, f"resample-{self.step}", training.name)
+            training.resample_dead(torch.cat(batches), self.tc.resample_encoder_scale)
 
 
 def _pin_memory(batch: Batch) -> Batch:
     if isinstance(batch, Tensor):
         return batch.pin_memory()
     return {hook: rows.pin_memory() for hook, rows in batch.items()}
-
-
-def geometric_median(points: Tensor, iterations: int = 100, tol: float = 1e-6) -> Tensor:
-    """Weiszfeld's algorithm, started at the mean."""
-    points = points.double()
-    median = points.mean(0)
-    for _ in range(iterations):
-        distances = (points - median).norm(dim=-1).clamp(min=1e-12)
-        weights = 1 / distances
-        updated = (weights[:, None] * points).sum(0) / weights.sum()
-        if (updated - median).norm() <= tol * max(float(median.norm()), 1.0):
-            median = updated
-            break
-        median = updated
-    return median.float()
-
-
-def _int_keys(optimizer_state: dict[str, Any]) -> dict[str, Any]:
-    """JSON turned the optimizer's integer parameter ids into strings; turn them back."""
-    state = {int(k): v for k, v in optimizer_state["state"].items()}
-    return {**optimizer_state, "state": state}
-
-
-def _check_same_run(saved: dict, current: dict, free: tuple[str, ...], out_dir: Path) -> None:
-    def diff(a: Any, b: Any, path: str) -> str | None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b)):
-                sub = f"{path}.{key}" if path else key
-                if sub in free:
-                    continue
-                found = diff(a.get(key), b.get(key), sub)
-                if found:
-                    return found
-            return None
-        return path if a != b else None
-
-    key = diff(saved, current, "")
-    if key:
-        raise UserError(
-            f"{out_dir} holds a checkpoint of a different run ('{key}' differs); "
-            "use a new --out directory or the original config"
-        )
-
-
-def check_resumable(cfg: Config, out_dir: Path, resumable_keys: tuple[str, ...] = ("logging",)) -> None:
-    """Stop before any work when out_dir holds the checkpoint of a different run."""
-    path = Path(out_dir) / CHECKPOINT
-    if path.is_file():
-        saved = load_state(path).get("config", {})
-        _check_same_run(saved, to_dict(cfg), resumable_keys, Path(out_dir))

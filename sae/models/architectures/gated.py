@@ -7,16 +7,27 @@ frozen copy of the decoder, so the gate's sparsity is not paid for with shrinkag
 magnitudes. Here `pre_acts` is the gate pre-activation and b_enc is SAELens's b_gate.
 """
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from sae.config import SAEConfig
+from sae.models.architectures.relu import L1Options
 from sae.models.base import SparseAutoencoder, StepContext, row_sq_error
+from sae.models.registry import register_architecture
 from sae.models.sparse import LatentIndex, Layout, at_latents
 
 
+class GatedOptions(L1Options):
+    def saelens_training(self) -> tuple[str, dict[str, Any]]:
+        return "gated", {}
+
+
+@register_architecture
 class GatedSAE(SparseAutoencoder):
     arch = "gated"
+    Options = GatedOptions
     saelens_arch = "gated"
 
     def __init__(self, d_in: int, cfg: SAEConfig, generator: torch.Generator | None = None):

@@ -7,19 +7,49 @@ best published one on hierarchical ground truth. Activation and inference thresh
 BatchTopK's.
 """
 
+from typing import Any, ClassVar
+
+from pydantic import model_validator
 from torch import Tensor
 
+from sae.models.architectures.batchtopk import BatchTopKOptions, BatchTopKSAE
 from sae.models.base import row_sq_error
-from sae.models.batchtopk import BatchTopKSAE
+from sae.models.registry import register_architecture
 from sae.models.sparse import Latents
 
 
-class MatryoshkaSAE(BatchTopKSAE):
-    arch = "matryoshka"
+class MatryoshkaOptions(BatchTopKOptions):
+    shown_keys: ClassVar[tuple[str, ...]] = ("k", "matryoshka_widths")
+
+    # nested prefix widths; the full width d_sae is always the last level (default: doubling
+    # prefixes from d_sae/32)
+    matryoshka_widths: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _nested(self) -> "MatryoshkaOptions":
+        widths = self.matryoshka_widths
+        if widths is not None:
+            if any(b <= a for a, b in zip(widths, widths[1:], strict=False)) or widths[0] < 1:
+                raise ValueError("matryoshka_widths must be positive and strictly increasing")
+            if widths[-1] > self.d_sae:
+                raise ValueError(f"matryoshka_widths exceed d_sae={self.d_sae}")
+        return self
 
     def prefix_widths(self) -> list[int]:
-        widths = list(self.cfg.matryoshka_widths or default_widths(self.d_sae))
+        widths = list(self.matryoshka_widths or default_widths(self.d_sae))
         return widths if widths[-1] == self.d_sae else [*widths, self.d_sae]
+
+    def saelens_training(self) -> tuple[str, dict[str, Any]]:
+        return "matryoshka_batchtopk", {"k": self.k, "matryoshka_widths": self.prefix_widths()}
+
+
+@register_architecture
+class MatryoshkaSAE(BatchTopKSAE):
+    arch = "matryoshka"
+    Options = MatryoshkaOptions
+
+    def prefix_widths(self) -> list[int]:
+        return self.cfg.prefix_widths()
 
     def reconstruction_loss(self, x: Tensor, latents: Latents, mse: Tensor) -> Tensor:
         # Partial reconstructions are built up prefix by prefix, each from the previous one.

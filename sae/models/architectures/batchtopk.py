@@ -7,17 +7,29 @@ SAE becomes a JumpReLU: latent = relu(pre) * (pre > threshold). That is also how
 exported to SAELens.
 """
 
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor
 
-from sae.config import SAEConfig
+from sae.config import SAEConfig, WarmStartOptions
 from sae.distributed import World
 from sae.models.base import SparseAutoencoder
+from sae.models.registry import register_architecture
 from sae.models.sparse import Layout, batch_topk_pairs
 
 
+class BatchTopKOptions(WarmStartOptions):
+    shown_keys: ClassVar[tuple[str, ...]] = ("k",)
+
+    def saelens_training(self) -> tuple[str, dict[str, Any]]:
+        return "batchtopk", {"k": self.k}
+
+
+@register_architecture
 class BatchTopKSAE(SparseAutoencoder):
     arch = "batchtopk"
+    Options = BatchTopKOptions
     saelens_arch = "jumprelu"
     warm_startable = True
 

@@ -6,15 +6,39 @@ norm (init_decoder_norm) with W_enc = W_dec^T. After training the norms are fold
 encoder, leaving unit decoder rows.
 """
 
+from typing import Any, ClassVar
+
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from sae.config import PenaltyWarmupOptions
 from sae.models.base import SparseAutoencoder, StepContext
+from sae.models.registry import register_architecture
 from sae.models.sparse import Layout
 
 
+class L1Options(PenaltyWarmupOptions):
+    """An L1 penalty (relu weights it by decoder row norm, Anthropic Apr 2024; gated puts it
+    on the gate); dead latents are resampled."""
+
+    default_remedy: ClassVar[str] = "resample"
+    shown_keys: ClassVar[tuple[str, ...]] = ("l1_coefficient",)
+
+    l1_coefficient: float = Field(5.0, ge=0)
+
+
+class ReLUOptions(L1Options):
+    init_decoder_norm: float = Field(0.1, gt=0)  # decoder rows start this short, W_enc = W_dec^T
+
+    def saelens_training(self) -> tuple[str, dict[str, Any]]:
+        return "standard", {}
+
+
+@register_architecture
 class ReLUSAE(SparseAutoencoder):
     arch = "relu"
+    Options = ReLUOptions
     saelens_arch = "standard"
     unit_norm_decoder = False
 

@@ -7,14 +7,31 @@ The penalty is the L0 norm itself, made trainable by the same estimator.
 """
 
 import math
+from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
-from sae.config import SAEConfig
+from sae.config import PenaltyWarmupOptions, SAEConfig, WarmStartOptions
 from sae.distributed import World
 from sae.models.base import SparseAutoencoder, StepContext
+from sae.models.registry import register_architecture
 from sae.models.sparse import LatentIndex, Layout, at_latents, batch_topk_pairs
+
+
+class JumpReLUOptions(WarmStartOptions, PenaltyWarmupOptions):
+    """k sets the TopK warm start and, after it, the thresholds' starting cutoff. The other
+    keys are in units of inputs scaled to mean norm sqrt(d_in)."""
+
+    shown_keys: ClassVar[tuple[str, ...]] = ("l0_coefficient",)
+
+    l0_coefficient: float = Field(0.5, ge=0)
+    jumprelu_bandwidth: float = Field(0.5, gt=0)  # STE rectangle kernel width
+    jumprelu_init_threshold: float = Field(0.5, gt=0)  # without a warm start
+
+    def saelens_training(self) -> tuple[str, dict[str, Any]]:
+        return "jumprelu", {}
 
 
 def _kernel(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
@@ -51,8 +68,10 @@ class _Step(torch.autograd.Function):
         return None, grad_threshold.sum_to_size(threshold.shape), None
 
 
+@register_architecture
 class JumpReLUSAE(SparseAutoencoder):
     arch = "jumprelu"
+    Options = JumpReLUOptions
     saelens_arch = "jumprelu"
     warm_startable = True
 
