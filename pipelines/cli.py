@@ -262,6 +262,19 @@ def _check_out_file(path: Path) -> None:
     if not path.parent.exists():
         raise UserError(f"--json {path}: directory {path.parent} does not exist")
 
+def _config_show(args: argparse.Namespace) -> None:
+    from sae.config import load_config
+    from sae.config_reference import show
+
+    print(show(load_config(args.config, args.overrides)), end="")
+
+
+def _config_reference(args: argparse.Namespace) -> None:
+    from sae.config_reference import reference_markdown
+
+    print(reference_markdown(), end="")
+
+
 def _report(args: argparse.Namespace) -> None:
     from sae.report import build_report
 
@@ -320,6 +333,21 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--shard-rows", type=int, default=65_536)
     imp.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None)
     imp.set_defaults(handler=_store_import)
+
+    config = sub.add_parser(
+        "config",
+        help="show a resolved config, or the reference of every config key",
+        description="Every config key, its default and what it does: `sae config reference` "
+        "(also in configs/reference.md).",
+    )
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="the config with every default filled in, as YAML")
+    _config_args(show, out=False)
+    show.set_defaults(handler=_config_show)
+    reference = config_sub.add_parser(
+        "reference", help="every config key with type, default and description (Markdown)"
+    )
+    reference.set_defaults(handler=_config_reference)
 
     report = sub.add_parser("report", help="(re)build DIR/report.html from a finished run")
     report.add_argument("run_dir", type=Path, metavar="DIR", help="a run directory")

@@ -116,3 +116,16 @@ def test_a_config_error_outside_the_sae_section_comes_before_torch_is_imported(
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.splitlines() == ["unknown config key 'train.lrr'", "False"], done
+
+
+def test_the_recorded_config_holds_each_architectures_own_keys() -> None:
+    """metrics.json, the checkpoint's resume check and the model card read to_dict(cfg)."""
+    from sae.config import to_dict
+
+    tree = tiny_tree()
+    del tree["sae"]
+    tree["saes"] = [{"name": "r", "arch": "relu", "l1_coefficient": 3.0}, {"name": "t", "k": 4}]
+    recorded = to_dict(validate_tree(tree))["saes"]
+    assert recorded[0]["l1_coefficient"] == 3.0 and "k" not in recorded[0]
+    assert recorded[1]["k"] == 4 and "l1_coefficient" not in recorded[1]
+    assert to_dict(validate_tree(tiny_tree("relu")))["sae"]["l1_coefficient"] == 5.0

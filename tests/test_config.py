@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sae.config import load_config
 from sae.errors import ConfigError
@@ -62,3 +63,26 @@ def test_topk_needs_a_whole_k_but_batchtopk_may_take_a_fraction(tiny_config: Pat
     assert load_config(tiny_config, ["sae.arch=batchtopk", "sae.k=2.5"]).sae.k == 2.5
     with pytest.raises(ConfigError, match="whole number k"):
         load_config(tiny_config, ["sae.arch=topk", "sae.k=2.5"])
+
+
+def test_the_committed_config_reference_is_the_one_the_schema_generates() -> None:
+    from sae.config_reference import reference_markdown
+
+    committed = (Path(__file__).parents[1] / "configs" / "reference.md").read_text()
+    assert committed == reference_markdown(), "run: sae config reference > configs/reference.md"
+
+
+def test_every_config_key_has_a_description() -> None:
+    from sae.config_reference import reference_markdown
+
+    undocumented = [row for row in reference_markdown().splitlines() if row.endswith("|  |")]
+    assert not undocumented, undocumented
+
+
+def test_config_show_prints_every_default(tiny_config: Path, capsys) -> None:
+    from pipelines.cli import main
+
+    assert main(["config", "show", str(tiny_config), "--set", "sae.arch=relu"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["sae"]["arch"] == "relu" and shown["sae"]["l1_coefficient"] == 5.0
+    assert "k" not in shown["sae"] and shown["train"]["adam_beta2"] == 0.999

@@ -27,8 +27,11 @@ class JumpReLUOptions(WarmStartOptions, PenaltyWarmupOptions):
     shown_keys: ClassVar[tuple[str, ...]] = ("l0_coefficient",)
 
     l0_coefficient: float = Field(0.5, ge=0)
-    jumprelu_bandwidth: float = Field(0.5, gt=0)  # STE rectangle kernel width
-    jumprelu_init_threshold: float = Field(0.5, gt=0)  # without a warm start
+    """Weight of the L0 penalty."""
+    jumprelu_bandwidth: float = Field(0.5, gt=0)
+    """STE rectangle kernel width."""
+    jumprelu_init_threshold: float = Field(0.5, gt=0)
+    """Without a warm start."""
 
     def saelens_training(self) -> tuple[str, dict[str, Any]]:
         return "jumprelu", {}

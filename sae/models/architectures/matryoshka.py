@@ -21,9 +21,10 @@ from sae.models.sparse import Latents
 class MatryoshkaOptions(BatchTopKOptions):
     shown_keys: ClassVar[tuple[str, ...]] = ("k", "matryoshka_widths")
 
-    # nested prefix widths; the full width d_sae is always the last level (default: doubling
-    # prefixes from d_sae/32)
     matryoshka_widths: list[int] | None = None
+    """Nested prefix widths; the full width d_sae is always the last level (default: doubling
+    prefixes from d_sae/32).
+    """
 
     @model_validator(mode="after")
     def _nested(self) -> "MatryoshkaOptions":

@@ -28,8 +28,11 @@ class PAnnealOptions(ReLUOptions):
     shown_keys: ClassVar[tuple[str, ...]] = ("l1_coefficient", "p_start", "p_end")
 
     p_start: float = Field(1.0, gt=0, le=1)
+    """Exponent p of the L_p penalty at the start (1: L1)."""
     p_end: float = Field(0.5, gt=0, le=1)
-    anneal_start_frac: float = Field(0.25, ge=0, lt=1)  # p stays p_start until then
+    """Exponent p at the end of training."""
+    anneal_start_frac: float = Field(0.25, ge=0, lt=1)
+    """P stays p_start until then."""
 
     @model_validator(mode="after")
     def _p_falls(self) -> "PAnnealOptions":

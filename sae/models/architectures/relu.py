@@ -26,10 +26,12 @@ class L1Options(PenaltyWarmupOptions):
     shown_keys: ClassVar[tuple[str, ...]] = ("l1_coefficient",)
 
     l1_coefficient: float = Field(5.0, ge=0)
+    """Weight of the L1 penalty (inputs are scaled to mean norm sqrt(d_in))."""
 
 
 class ReLUOptions(L1Options):
-    init_decoder_norm: float = Field(0.1, gt=0)  # decoder rows start this short, W_enc = W_dec^T
+    init_decoder_norm: float = Field(0.1, gt=0)
+    """Decoder rows start this short, W_enc = W_dec^T."""
 
     def saelens_training(self) -> tuple[str, dict[str, Any]]:
         return "standard", {}
