@@ -22,7 +22,14 @@ threads.configure()  # before torch loads its OpenMP runtime
 Handler = Callable[[argparse.Namespace], int | None]
 
 
-def _config_args(parser: argparse.ArgumentParser, out: bool = True) -> None:
+def _config_args(
+    parser: argparse.ArgumentParser, out: bool = True, reads: str | None = None
+) -> None:
+    if reads:
+        parser.description = (
+            f"{parser.description or ''}\n\nReads the config sections: {reads}. Every key: "
+            "`sae config reference` (configs/reference.md)."
+        ).strip()
     parser.add_argument("config", type=Path, help="YAML config file")
     if out:
         parser.add_argument("--out", type=Path, required=True, help="output directory")
@@ -61,6 +68,16 @@ def _torchrun_group(device: str) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------- commands
+
+# the config sections each config-reading command uses
+READS = {
+    "toy": "data (data.toy or data.synthetic), sae or saes, train, eval, logging, seed",
+    "harvest": "data (any source), harvest, seed",
+    "train": "data (data.store, data.lm, data.toy or data.synthetic), sae or saes, train, eval, "
+    "logging, seed",
+    "run": "data (data.lm, data.toy or data.synthetic), harvest, sae or saes, train, eval, "
+    "logging, seed",
+}
 
 
 # Configs are validated before the heavy imports (torch, sae_lens) so bad input fails fast.
@@ -282,26 +299,45 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help (where it has one worth showing); descriptions
+    keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, [], False, argparse.SUPPRESS)
+        if shown and not action.required and "%(default)" not in text and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sae", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    from sae import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sae", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"sae {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_subparser_class())
 
     toy = sub.add_parser("toy", help="train and evaluate an SAE on ground-truth toy data")
-    _config_args(toy)
+    _config_args(toy, reads=READS["toy"])
     toy.set_defaults(handler=_toy)
 
     harvest = sub.add_parser("harvest", help="write a source's activations to a sharded store")
-    _config_args(harvest)
+    _config_args(harvest, reads=READS["harvest"])
     harvest.set_defaults(handler=_harvest)
 
-    train = sub.add_parser("train", help="train an SAE on a store (data.store) or a toy source")
-    _config_args(train)
+    train = sub.add_parser(
+        "train", help="train an SAE on a store (data.store), a live model (data.lm) or a toy source"
+    )
+    _config_args(train, reads=READS["train"])
     train.set_defaults(handler=_train)
 
     run = sub.add_parser(
         "run", help="harvest -> store -> train -> evaluate -> report -> publish; re-run to resume"
     )
-    _config_args(run)
+    _config_args(run, reads=READS["run"])
     run.set_defaults(handler=_full_pipeline)
 
     publish = sub.add_parser(
@@ -323,15 +359,19 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=_store_info)
     export = store_sub.add_parser("export", help="write SAELens's cached-activations format")
     export.add_argument("store", type=Path, help="store directory")
-    export.add_argument("--to-saelens", type=Path, required=True, metavar="PATH")
+    export.add_argument(
+        "--to-saelens", type=Path, required=True, metavar="PATH", help="folder to write"
+    )
     export.add_argument("--hook", action="append", default=None, help="hook(s) to export (all)")
     export.add_argument("--context-size", type=int, default=None, help="rows per sequence")
     export.set_defaults(handler=_store_export)
     imp = store_sub.add_parser("import", help="read SAELens's cached-activations format")
     imp.add_argument("path", type=Path, help="SAELens cached activations (datasets folder)")
     imp.add_argument("--out", type=Path, required=True, help="store directory to write")
-    imp.add_argument("--shard-rows", type=int, default=65_536)
-    imp.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None)
+    imp.add_argument("--shard-rows", type=int, default=65_536, help="rows per shard file")
+    imp.add_argument(
+        "--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="stored dtype (default: as read)"
+    )
     imp.set_defaults(handler=_store_import)
 
     config = sub.add_parser(
@@ -370,8 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--archs", default="topk,relu", help="topk and/or relu, comma-separated")
     train.add_argument("--warmup", type=int, default=3, help="untimed steps first, each side")
     train.add_argument("--steps", type=int, default=15, help="timed rounds (one step of each side per round)")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    train.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    train.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where both sides train"
+    )
+    train.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="our encoder matmul (train.precision); SAELens runs fp32, its default",
+    )
     train.add_argument(
         "--threads", type=int, default=None, help="CPU threads for both sides (default: torch's)"
     )
@@ -391,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_harvest.add_argument("--json", type=Path, default=None, help="write the row as JSON here")
     bench_harvest.add_argument("--layers", type=int, default=12, help="blocks of the random model")
-    bench_harvest.add_argument("--d-model", type=int, default=768)
-    bench_harvest.add_argument("--context-size", type=int, default=128)
+    bench_harvest.add_argument("--d-model", type=int, default=768, help="width of the random model")
+    bench_harvest.add_argument("--context-size", type=int, default=128, help="tokens per window")
     bench_harvest.add_argument("--batch-sequences", type=int, default=16, help="windows per pass")
     bench_harvest.add_argument("--tokens", type=int, default=16_384, help="tokens per mode per round")
     bench_harvest.add_argument("--shard-tokens", type=int, default=8192, help="rows per shard")
@@ -405,11 +452,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_store = bench_sub.add_parser("store", help="store read GB/s next to a numpy memmap")
     bench_store.add_argument("store", type=Path, help="store directory")
-    bench_store.add_argument("--batch-size", type=int, default=4096)
-    bench_store.add_argument("--hook", default=None)
-    bench_store.add_argument("--repeats", type=int, default=3)
+    bench_store.add_argument("--batch-size", type=int, default=4096, help="rows per read")
+    bench_store.add_argument("--hook", default=None, help="hook to read (default: the only one)")
+    bench_store.add_argument("--repeats", type=int, default=3, help="rounds of each reader")
     bench_store.set_defaults(handler=_bench_store)
     return parser
+
+
+def _subparser_class() -> type[argparse.ArgumentParser]:
+    """Subcommands' parsers show defaults in their help too."""
+
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            kwargs.setdefault("formatter_class", _HelpFormatter)
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    return Parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,8 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
-    SerializeAsAny,
     Field,
+    SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
