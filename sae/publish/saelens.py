@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens.registry import get_sae_class
-from sae_lens.saes.sae import SAEMetadata
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -42,6 +40,11 @@ def export_weights(sae: SparseAutoencoder, input_scale: float) -> dict[str, Tens
 
 
 def saelens_cfg_dict(sae: SparseAutoencoder, metadata: dict[str, Any] | None = None) -> dict:
+    # sae_lens (and transformer_lens with it) loads here, not at import: a run that finds every
+    # stage done, or fails validation, should not wait for it
+    from sae_lens.registry import get_sae_class
+    from sae_lens.saes.sae import SAEMetadata
+
     _, cfg_class = get_sae_class(sae.saelens_arch)
     cfg = cfg_class(
         d_in=sae.d_in,
