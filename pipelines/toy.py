@@ -22,6 +22,7 @@ from sae.evaluation.ground_truth import evaluate_ground_truth, recovery_profile
 from sae.evaluation.reconstruction import Dictionary, evaluate_reconstruction
 from sae.io import atomic_write_json, atomic_write_text
 from sae.models import SparseAutoencoder, build_sae
+from sae.output_dir import claim_output_dir
 from sae.publish.saelens import save_saelens
 from sae.report import FEATURE_BROWSER, RECOVERY, build_report
 from sae.report.build import TRAINING_LOG
@@ -240,6 +241,11 @@ def split_training_log(out_dir: Path, name: str) -> None:
 
 
 def run_toy(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
+    with claim_output_dir(out_dir, "toy", owner=distributed.world().main):
+        return _run_toy(cfg, out_dir)
+
+
+def _run_toy(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     source = build_ground_truth(cfg)
     if cfg.saes is None:
         results = [train_and_evaluate(cfg, source, out_dir)]

@@ -36,6 +36,14 @@ def _config_args(parser: argparse.ArgumentParser, out: bool = True) -> None:
     )
 
 
+def _check_run_dir(path: Path) -> None:
+    """An --out for a training run: writable, and new or made by sae (sae/output_dir.py)."""
+    from sae.output_dir import check_output_dir
+
+    check_output_dir(path)
+    _check_out_dir(path)
+
+
 def _check_out_dir(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} exists and is not a directory")
@@ -70,7 +78,7 @@ def _toy(args: argparse.Namespace) -> None:
     from sae.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    _check_out_dir(args.out)
+    _check_run_dir(args.out)
     from pipelines.toy import run_toy
 
     run_toy(cfg, args.out)
@@ -92,7 +100,7 @@ def _train(args: argparse.Namespace) -> None:
     from sae.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    _check_out_dir(args.out)
+    _check_run_dir(args.out)
     if cfg.data.store is not None:
         from sae.store.format import load_manifest
 
@@ -107,7 +115,7 @@ def _run(args: argparse.Namespace) -> None:
     from sae.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    _check_out_dir(args.out)
+    _check_run_dir(args.out)
     from pipelines.run import run_pipeline
 
     run_pipeline(cfg, args.out)

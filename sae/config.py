@@ -11,9 +11,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from sae.errors import ConfigError
+from sae.errors import ConfigError, UserError
+from sae.paths import plain_name
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
 
@@ -265,9 +273,19 @@ class SAEEntry(SAEConfig):
     """One SAE of a run that trains several on the same batches (`saes:`), e.g. a sweep over
     k, l1_coefficient, widths or learning rates, or SAEs on several hooks of one store."""
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")  # default: sae<position>
+    name: str | None = None  # default: sae<position>; results go to DIR/<name>
     hook: str | None = None  # default: the source's (first) hook
     lr: float | None = Field(None, gt=0)  # default: train.lr
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        if name is not None:
+            try:
+                plain_name(name, "name")
+            except UserError as error:  # pydantic reports it with the key's path
+                raise ValueError(str(error)) from None
+        return name
 
 
 # ---------------------------------------------------------------------------- training
