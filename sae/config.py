@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -23,11 +23,15 @@ from pydantic import (
 from sae.errors import ConfigError, UserError
 from sae.paths import plain_name
 
+# Adam steps move each weight by about lr: above 1 (inputs are scaled to norm sqrt(d_in)) a
+# run can only diverge, as train.lr=1e30 did, into an all-NaN SAE
+MAX_LR = 1.0
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `.inf` and `.nan` are valid YAML floats, and no setting means either
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------- data sources
@@ -56,7 +60,7 @@ class ToyModelConfig(Section):
     group_size: int = Field(2, ge=2)
     train_steps: int = Field(10_000, ge=1)
     train_batch_size: int = Field(1024, ge=1)
-    train_lr: float = Field(1e-3, gt=0)
+    train_lr: float = Field(1e-3, gt=0, le=MAX_LR)
 
     @model_validator(mode="after")
     def _groups_fit(self) -> ToyModelConfig:
@@ -275,7 +279,7 @@ class SAEEntry(SAEConfig):
 
     name: str | None = None  # default: sae<position>; results go to DIR/<name>
     hook: str | None = None  # default: the source's (first) hook
-    lr: float | None = Field(None, gt=0)  # default: train.lr
+    lr: float | None = Field(None, gt=0, le=MAX_LR)  # default: train.lr
 
     @field_validator("name")
     @classmethod
@@ -294,7 +298,7 @@ class SAEEntry(SAEConfig):
 class TrainConfig(Section):
     samples: int = Field(4_000_000, ge=1)
     batch_size: int = Field(4096, ge=1)
-    lr: float = Field(4e-4, gt=0)
+    lr: float = Field(4e-4, gt=0, le=MAX_LR)
     lr_warmup_steps: int = Field(100, ge=0)
     lr_decay_frac: float = Field(0.2, ge=0, le=1)  # linear decay to 0 over the last fraction
     adam_beta1: float = Field(0.9, ge=0, lt=1)
@@ -305,7 +309,7 @@ class TrainConfig(Section):
     # a latent is dead if it has not fired in this many training samples
     dead_window_samples: int = Field(1_000_000, ge=1)
     # relu/gated resampling (Towards Monosemanticity): at these fractions of training
-    resample_at: list[float] = [0.25, 0.5, 0.75]
+    resample_at: list[Annotated[float, Field(gt=0, lt=1)]] = [0.25, 0.5, 0.75]
     resample_sample_rows: int = Field(65_536, ge=1)
     resample_encoder_scale: float = Field(0.2, gt=0)
     checkpoint_every_steps: int = Field(200, ge=0)  # 0: only at the end

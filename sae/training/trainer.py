@@ -104,6 +104,9 @@ class SAETraining:
         self.input_scale = 1.0
         self.bf16 = uses_bf16(tc.precision, device)
         self.sparse = {"auto": None, "sparse": True, "dense": False}[tc.kernels]
+        # the first step whose loss was NaN or inf (-1: none), kept on the device so that
+        # watching every step costs no synchronisation; read where the loop syncs anyway
+        self.first_bad_step = torch.tensor(-1, device=device)
 
     def take(self, batch: Batch) -> Tensor:
         """This SAE's rows of a batch (batches of several hooks are dicts by hook)."""
@@ -140,6 +143,9 @@ class SAETraining:
         )
         with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16):
             out = self.sae.training_forward(x, ctx)
+        with torch.no_grad():
+            bad = ~torch.isfinite(out.loss.detach()) & (self.first_bad_step < 0)
+            self.first_bad_step = torch.where(bad, step + 1, self.first_bad_step)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.group.average_gradients(list(self.sae.parameters()))
@@ -154,6 +160,19 @@ class SAETraining:
             fired = self.group.any(out.latents.fired())
             self.samples_since_fired.add_(self.group.rows(x.shape[0])).masked_fill_(fired, 0)
         return out
+
+    def check_finite(self, step: int) -> None:
+        """DataError if the loss of any step so far, or a weight now, is NaN or inf."""
+        bad_step = int(self.first_bad_step)
+        if bad_step < 0 and all(bool(torch.isfinite(p).all()) for p in self.sae.parameters()):
+            return
+        what = f"its loss became NaN or inf at step {bad_step}" if bad_step >= 0 else (
+            f"its weights became NaN or inf by step {step}"
+        )
+        raise DataError(
+            f"training of SAE '{self.name}' diverged: {what} (train.lr is {self.lr:g}; "
+            "try a lower one); the last checkpoint before it is kept and nothing was published"
+        )
 
     def lr_at(self, step: int, total_steps: int) -> float:
         lr, warm = self.lr, self.tc.lr_warmup_steps
@@ -458,10 +477,15 @@ class Trainer:
                 if self.step in self.resample_steps:
                     self._resample()
                 self.seconds += time.perf_counter() - started
-                if self.step % lc.log_every_steps == 0 or self.step == self.total_steps:
+                logs = self.step % lc.log_every_steps == 0 or self.step == self.total_steps
+                saves = (every and self.step % every == 0) or self.step == self.total_steps
+                if logs or saves:  # nothing non-finite is logged, checkpointed or published
+                    for run in self.runs:
+                        run.check_finite(self.step)
+                if logs:
                     self._log(log, bar, steps)
                 bar.update(1)
-                if (every and self.step % every == 0) or self.step == self.total_steps:
+                if saves:
                     self._checkpoint(stream, log)
         finally:
             bar.close()
