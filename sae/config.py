@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,6 +21,7 @@ from pydantic import (
 
 from sae.errors import ConfigError, UserError
 from sae.paths import plain_name
+from sae.safe_yaml import MAX_QUOTE, parse_yaml, quote, read_yaml_file
 
 # Adam steps move each weight by about lr: above 1 (inputs are scaled to norm sqrt(d_in)) a
 # run can only diverge, as train.lr=1e30 did, into an all-NaN SAE
@@ -410,9 +410,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got '{text}'")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = parse_yaml(raw, f"--set {key.strip()}") if raw.strip() else ""
+    except ConfigError as error:
+        if "is not valid YAML" not in str(error):
+            raise
+        value = raw  # not YAML: the plain string (validation says if that is wrong)
     return key.strip(), value
 
 
@@ -420,12 +422,13 @@ def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
     msg = first["msg"]
+    where = where if len(where) <= MAX_QUOTE else where[: MAX_QUOTE - 3] + "..."
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{where}'"
     if first["type"] == "missing":
         return f"missing config key '{where}'"
     bad = first.get("input")
-    shown = f" (got {bad!r})" if not isinstance(bad, dict) and bad is not None else ""
+    shown = f" (got {quote(bad)})" if not isinstance(bad, dict) and bad is not None else ""
     return f"config key '{where}': {msg}{shown}" if where else msg
 
 
@@ -440,12 +443,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML") from None
+    tree = read_yaml_file(path)
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):
