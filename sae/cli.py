@@ -135,13 +135,16 @@ def _publish(args: argparse.Namespace) -> None:
 
 
 def _store_verify(args: argparse.Namespace) -> int:
-    from sae.store.verify import verify_store
+    from sae.store.verify import incomplete, verify_store
 
     manifest, bad = verify_store(args.store)
     for shard in bad:
         print(f"bad shard {args.store / shard.file}: {shard.reason}")
     if bad:
         print(f"{len(bad)} of {len(manifest.shards)} shards are bad", file=sys.stderr)
+        return 1
+    if missing := incomplete(manifest):  # intact, but not a store training can use yet
+        print(f"{len(manifest.shards)} shards, {manifest.rows} rows intact; {missing}")
         return 1
     print(f"ok: {len(manifest.shards)} shards, {manifest.rows} rows verified")
     return 0
@@ -310,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     store = sub.add_parser("store", help="inspect, verify, export and import activation stores")
     store_sub = store.add_subparsers(dest="store_command", required=True)
-    verify = store_sub.add_parser("verify", help="re-hash every shard; exit 1 if any is bad")
+    verify = store_sub.add_parser(
+        "verify", help="re-hash every shard, check it against the manifest; exit 1 if any is "
+        "bad or the store is incomplete"
+    )
     verify.add_argument("store", type=Path, help="store directory")
     verify.set_defaults(handler=_store_verify)
     info = store_sub.add_parser("info", help="rows, size, dtype, hooks and shards of a store")

@@ -15,7 +15,9 @@ rows of every column, so a reader checks each byte it uses, in whatever order it
 manifest.json records the format version, the source (its config, model, dataset, seed), the
 dtype, hooks with their d_in, the metadata columns, and per shard its file, row count, byte
 size, an xxh3-128 hash of the whole file and an xxh3-64 hash of its header. A `checksum` over
-the rest of the manifest catches hand edits and corruption of the manifest itself. Only shards
+the rest of the manifest catches hand edits and corruption of the manifest itself. All of
+these are unkeyed hashes: they catch accidents, not tampering (whoever edits a file on
+purpose can recompute them). Only shards
 listed in the manifest exist for readers; anything else in the directory is uncommitted.
 """
 
