@@ -188,6 +188,13 @@ class DataConfig(Section):
     # in use this bounds the reader's memory, whatever the store's size
     buffer_rows: int = Field(8192, ge=1)
 
+    @field_validator("store")
+    @classmethod
+    def _resolved(cls, store: Path | None) -> Path | None:
+        # one store, one spelling: a resumed run compares configs, and "runs/store" and
+        # "/home/me/runs/store" are the same store
+        return None if store is None else store.expanduser().resolve()
+
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         chosen = [name for name in SOURCES if getattr(self, name)]

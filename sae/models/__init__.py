@@ -3,6 +3,7 @@
 import torch
 
 from sae.config import SAEConfig
+from sae.memory import check_sae_fits
 from sae.models.base import ForwardOutput, SparseAutoencoder, StepContext, TrainOutput
 from sae.models.batchtopk import BatchTopKSAE
 from sae.models.gated import GatedSAE
@@ -19,6 +20,7 @@ REGISTRY: dict[str, type[SparseAutoencoder]] = {
 
 
 def build_sae(cfg: SAEConfig, d_in: int, seed: int = 0) -> SparseAutoencoder:
+    check_sae_fits(d_in, cfg.d_sae)  # one line, not a torch traceback or the OOM killer
     generator = torch.Generator().manual_seed(derive_seed(seed, "sae-init"))
     return REGISTRY[cfg.arch](d_in, cfg, generator)
 

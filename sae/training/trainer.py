@@ -35,6 +35,7 @@ from sae.device import pick_device
 from sae.distributed import LOCAL, World
 from sae.errors import DataError, UserError
 from sae.io import load_state, save_state
+from sae.memory import check_training_fits
 from sae.models import SparseAutoencoder, StepContext, TrainOutput
 from sae.seeding import derive_seed
 from sae.sources.base import ActivationSource, BatchStream
@@ -308,6 +309,13 @@ class Trainer:
         if missing:
             raise UserError(f"SAEs and config entries do not match: {', '.join(missing)}")
         self.mode = parallel_mode(self.tc, len(saes), self.world)
+        check_training_fits(
+            sum(p.numel() for one in saes.values() for p in one.parameters()),
+            max(one.d_in for one in saes.values()),
+            max(one.d_sae for one in saes.values()),
+            self.batch_size,
+            self.device,
+        )
         self.names = list(saes)
         group = self.world if self.mode == "data" else LOCAL
         self.runs = [
