@@ -44,16 +44,16 @@ def _check_run_dir(path: Path) -> None:
     _check_out_dir(path)
 
 
-def _check_out_dir(path: Path) -> None:
+def _check_out_dir(path: Path, flag: str = "--out") -> None:
     if path.exists() and not path.is_dir():
-        raise UserError(f"--out {path} exists and is not a directory")
+        raise UserError(f"{flag} {path} exists and is not a directory")
     parent = path
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise UserError(f"--out {path}: {parent} is not a directory")
+        raise UserError(f"{flag} {path}: {parent} is not a directory")
     if not os.access(parent, os.W_OK):
-        raise UserError(f"--out {path}: directory {parent} is not writable")
+        raise UserError(f"{flag} {path}: directory {parent} is not writable")
 
 
 @contextmanager
@@ -127,7 +127,7 @@ def _publish(args: argparse.Namespace) -> None:
 
         hub_token(args.to.removeprefix("hf://"))  # no credentials: say so before any work
     else:
-        _check_out_dir(Path(args.to))
+        _check_out_dir(Path(args.to), "--to")
     from sae.publish.release import publish_run
 
     for where in publish_run(args.run_dir, args.to):
@@ -161,7 +161,7 @@ def _store_export(args: argparse.Namespace) -> None:
     from sae.store.format import load_manifest
 
     load_manifest(args.store)
-    _check_out_dir(args.to_saelens)
+    _check_out_dir(args.to_saelens, "--to-saelens")
     from sae.store.saelens_cache import export_saelens
 
     export_saelens(args.store, args.to_saelens, hooks=args.hook, context_size=args.context_size)

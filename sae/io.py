@@ -9,8 +9,10 @@ everything else as JSON in the header metadata. Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -125,6 +127,17 @@ def state_hash(skeleton_json: str, tensors: dict[str, Tensor]) -> str:
         digest.update(f"\0{name}\0{value.dtype}\0{tuple(value.shape)}\0".encode())
         digest.update(memoryview(value.reshape(-1).view(torch.uint8).numpy()))
     return f"xxh3_128:{digest.hexdigest()}"
+
+
+def write_failure(error: OSError | SafetensorError) -> str:
+    """Why a write failed, in words ("no space left on device"); safetensors reports I/O
+    failures as SafetensorError("... (os error N)")."""
+    code = getattr(error, "errno", None)
+    if code is None and (found := re.search(r"os error (\d+)", str(error))):
+        code = int(found.group(1))
+    if code == errno.ENOSPC:
+        return "no space left on device"
+    return os.strerror(code) if code else str(error)
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:

@@ -10,7 +10,6 @@ holds exactly the rows of an uninterrupted run, shard files byte for byte.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -26,7 +25,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from sae.errors import DataError, UserError
-from sae.io import atomic_write, fsync_dir, load_state, save_state
+from sae.io import atomic_write, fsync_dir, load_state, save_state, write_failure
 from sae.sources.base import HarvestBatch, HarvestStream
 from sae.store.format import (
     ACTS,
@@ -362,16 +361,10 @@ def write_shard(path: Path, columns: dict[str, Tensor], block_rows: int) -> Shar
 
 
 def _write_error(error: OSError | SafetensorError, path: Path, manifest: Manifest) -> UserError:
-    # safetensors reports I/O failures as SafetensorError("... (os error N)")
-    code = getattr(error, "errno", None)
-    if code is None and (found := re.search(r"os error (\d+)", str(error))):
-        code = int(found.group(1))
-    reason = os.strerror(code) if code else str(error)
-    if code == errno.ENOSPC:
-        reason = "no space left on device"
     return UserError(
-        f"cannot write {path}: {reason}; the store keeps its {len(manifest.shards)} committed "
-        f"shards ({manifest.rows} rows) and the same command continues from there"
+        f"cannot write {path}: {write_failure(error)}; the store keeps its "
+        f"{len(manifest.shards)} committed shards ({manifest.rows} rows) and the same command "
+        "continues from there"
     )
 
 

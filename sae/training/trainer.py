@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 from tqdm import tqdm
 
@@ -34,7 +35,7 @@ from sae.config import Config, SAEEntry, TrainConfig, to_dict
 from sae.device import pick_device
 from sae.distributed import LOCAL, World
 from sae.errors import DataError, UserError
-from sae.io import load_state, save_state
+from sae.io import load_state, save_state, write_failure
 from sae.memory import check_training_fits
 from sae.models import SparseAutoencoder, StepContext, TrainOutput
 from sae.seeding import derive_seed
@@ -447,7 +448,14 @@ class Trainer:
         assert log is not None
         log.sync()
         state["saes"] = {name: state["saes"][name] for name in self.names}
-        save_state(self.checkpoint_path, state)
+        try:
+            save_state(self.checkpoint_path, state)
+        except (OSError, SafetensorError) as error:  # the previous checkpoint is untouched
+            raise UserError(
+                f"cannot write {self.checkpoint_path} at step {self.step}: "
+                f"{write_failure(error)}; the previous checkpoint is kept and the same command "
+                "continues from it"
+            ) from None
 
     # ------------------------------------------------------------------ the loop
 
