@@ -6,6 +6,7 @@ network by default; offline runs can be uploaded later with `wandb sync DIR/wand
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -54,7 +55,8 @@ class RunLog:
         os.fsync(self.file.fileno())
 
     def close(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):  # a full disk: log() or the checkpoint said so
+            self.file.close()
         if self.run is not None:
             self.run.finish()
             self.run = None
