@@ -172,8 +172,8 @@ class SAETraining:
             f"its weights became NaN or inf by step {step}"
         )
         raise DataError(
-            f"training of SAE '{self.name}' diverged: {what} (train.lr is {self.lr:g}; "
-            "try a lower one); the last checkpoint before it is kept and nothing was published"
+            f"training of SAE '{self.name}' diverged: {what} (with lr {self.lr:g}); the last "
+            "checkpoint before it is kept and nothing was published"
         )
 
     def lr_at(self, step: int, total_steps: int) -> float:
