@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import fcntl
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,13 @@ MARKER = ".sae-run.json"
 LOCK = ".lock"  # the store writer's name: one convention for "a process is writing here"
 FORMAT = "sae-run"
 _OURS = {MARKER, LOCK}
+# the marker's temporary file while sae.io.atomic_write writes it (another torchrun rank may
+# look at the directory at that instant)
+_MARKER_TMP = re.compile(rf"^\.{re.escape(MARKER)}\.tmp-\d+$")
+
+
+def _ours(name: str) -> bool:
+    return name in _OURS or bool(_MARKER_TMP.match(name))
 
 
 def read_marker(directory: Path) -> dict[str, Any] | None:
@@ -45,7 +53,7 @@ def check_output_dir(directory: Path) -> None:
         raise UserError(f"--out {directory} exists and is not a directory")
     if not directory.is_dir():
         return
-    foreign = sorted(entry.name for entry in directory.iterdir() if entry.name not in _OURS)
+    foreign = sorted(entry.name for entry in directory.iterdir() if not _ours(entry.name))
     if foreign and read_marker(directory) is None:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise UserError(
@@ -83,7 +91,7 @@ def claim_output_dir(
         ) from None
     try:
         check_output_dir(directory)  # again, now that no other run can be writing here
-        fresh = not any(entry.name not in _OURS for entry in directory.iterdir())
+        fresh = all(_ours(entry.name) for entry in directory.iterdir())
         identity = read_marker(directory) or _write_marker(directory, command)
         try:
             yield identity
