@@ -43,16 +43,24 @@ def _config_args(
     )
 
 
-def _check_out_dir(path: Path) -> None:
+def _check_run_dir(path: Path) -> None:
+    """An --out for a training run: writable, and new or made by sae (sae/output_dir.py)."""
+    from sae.output_dir import check_output_dir
+
+    check_output_dir(path)
+    _check_out_dir(path)
+
+
+def _check_out_dir(path: Path, flag: str = "--out") -> None:
     if path.exists() and not path.is_dir():
-        raise UserError(f"--out {path} exists and is not a directory")
+        raise UserError(f"{flag} {path} exists and is not a directory")
     parent = path
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise UserError(f"--out {path}: {parent} is not a directory")
+        raise UserError(f"{flag} {path}: {parent} is not a directory")
     if not os.access(parent, os.W_OK):
-        raise UserError(f"--out {path}: directory {parent} is not writable")
+        raise UserError(f"{flag} {path}: directory {parent} is not writable")
 
 
 @contextmanager
@@ -87,7 +95,7 @@ def _toy(args: argparse.Namespace) -> None:
     from sae.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    _check_out_dir(args.out)
+    _check_run_dir(args.out)
     from pipelines.toy import run_toy
 
     run_toy(cfg, args.out)
@@ -109,7 +117,7 @@ def _train(args: argparse.Namespace) -> None:
     from sae.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    _check_out_dir(args.out)
+    _check_run_dir(args.out)
     if cfg.data.store is not None:
         from sae.store.format import load_manifest
 
@@ -124,7 +132,7 @@ def _full_pipeline(args: argparse.Namespace) -> None:
     from sae.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    _check_out_dir(args.out)
+    _check_run_dir(args.out)
     from pipelines.run import run_pipeline
 
     run_pipeline(cfg, args.out)
@@ -136,7 +144,7 @@ def _publish(args: argparse.Namespace) -> None:
 
         hub_token(args.to.removeprefix("hf://"))  # no credentials: say so before any work
     else:
-        _check_out_dir(Path(args.to))
+        _check_out_dir(Path(args.to), "--to")
     from sae.publish.release import publish_run
 
     for where in publish_run(args.run_dir, args.to):
@@ -144,13 +152,16 @@ def _publish(args: argparse.Namespace) -> None:
 
 
 def _store_verify(args: argparse.Namespace) -> int:
-    from sae.store.verify import verify_store
+    from sae.store.verify import incomplete, verify_store
 
     manifest, bad = verify_store(args.store)
     for shard in bad:
         print(f"bad shard {args.store / shard.file}: {shard.reason}")
     if bad:
         print(f"{len(bad)} of {len(manifest.shards)} shards are bad", file=sys.stderr)
+        return 1
+    if missing := incomplete(manifest):  # intact, but not a store training can use yet
+        print(f"{len(manifest.shards)} shards, {manifest.rows} rows intact; {missing}")
         return 1
     print(f"ok: {len(manifest.shards)} shards, {manifest.rows} rows verified")
     return 0
@@ -167,7 +178,7 @@ def _store_export(args: argparse.Namespace) -> None:
     from sae.store.format import load_manifest
 
     load_manifest(args.store)
-    _check_out_dir(args.to_saelens)
+    _check_out_dir(args.to_saelens, "--to-saelens")
     from sae.store.saelens_cache import export_saelens
 
     export_saelens(args.store, args.to_saelens, hooks=args.hook, context_size=args.context_size)
@@ -351,7 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     store = sub.add_parser("store", help="inspect, verify, export and import activation stores")
     store_sub = store.add_subparsers(dest="store_command", required=True)
-    verify = store_sub.add_parser("verify", help="re-hash every shard; exit 1 if any is bad")
+    verify = store_sub.add_parser(
+        "verify", help="re-hash every shard, check it against the manifest; exit 1 if any is "
+        "bad or the store is incomplete"
+    )
     verify.add_argument("store", type=Path, help="store directory")
     verify.set_defaults(handler=_store_verify)
     info = store_sub.add_parser("info", help="rows, size, dtype, hooks and shards of a store")

@@ -25,9 +25,11 @@ from typing import Any
 
 from pipelines.harvest import build_harvest_source, check_harvest, run_harvest
 from pipelines.train_and_evaluate import SUMMARY_COLUMNS, evaluate_and_export, split_training_log
+from sae import distributed
 from sae.config import Config, DataConfig, to_dict, validate_tree
 from sae.errors import ConfigError
 from sae.models import build_sae
+from sae.output_dir import claim_output_dir
 from sae.publish.release import publish_run
 from sae.report import REPORT, build_report
 from sae.sources.base import ActivationSource
@@ -83,6 +85,11 @@ def sae_dirs(cfg: Config, out_dir: Path) -> dict[str, Path]:
 def run_pipeline(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     """Every stage not yet done; checks the config against what DIR holds before any work."""
     cfg = resolve_config(cfg)
+    with claim_output_dir(out_dir, "run", owner=distributed.world().main):
+        return _run_pipeline(cfg, out_dir)
+
+
+def _run_pipeline(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     store_dir = out_dir / STORE
     existing = check_harvest(cfg, store_dir)
     check_resumable(cfg, out_dir)

@@ -18,10 +18,16 @@ from pipelines.train_and_evaluate import (
 )
 from sae import distributed
 from sae.config import Config
+from sae.output_dir import claim_output_dir
 from sae.tables import format_table
 
 
 def run_toy(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
+    with claim_output_dir(out_dir, "toy", owner=distributed.world().main):
+        return _run_toy(cfg, out_dir)
+
+
+def _run_toy(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     source = build_ground_truth(cfg)
     if cfg.saes is None:
         results = [train_and_evaluate(cfg, source, out_dir)]

@@ -19,6 +19,7 @@ from pipelines.train_and_evaluate import (
 from sae import distributed
 from sae.config import Config
 from sae.errors import ConfigError
+from sae.output_dir import claim_output_dir
 from sae.sources import build_source
 from sae.sources.store import StoreSource
 from sae.tables import format_table
@@ -26,6 +27,11 @@ from sae.tables import format_table
 
 def run_train(cfg: Config, out_dir: Path) -> dict[str, Any] | list[dict[str, Any]]:
     """The one SAE's results, or with `saes:` each SAE's (written to DIR/<name>/)."""
+    with claim_output_dir(out_dir, "train", owner=distributed.world().main):
+        return _run_train(cfg, out_dir)
+
+
+def _run_train(cfg: Config, out_dir: Path) -> dict[str, Any] | list[dict[str, Any]]:
     try:
         source = build_source(cfg.data, cfg.seed)
     except ValueError as error:  # sae_lens validates its own parameters

@@ -10,9 +10,8 @@ import functools
 import math
 import sys
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,11 +22,20 @@ from pydantic import (
     model_validator,
 )
 
-from sae.errors import ConfigError
+from sae.errors import ConfigError, UserError
+from sae.paths import plain_name
+from sae.safe_yaml import MAX_QUOTE, parse_yaml, quote, read_yaml_file
+
+# Adam steps move each weight by about lr: above 1 (inputs are scaled to norm sqrt(d_in)) a
+# run can only diverge, as train.lr=1e30 did, into an all-NaN SAE
+MAX_LR = 1.0
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    # allow_inf_nan=False: `.inf` and `.nan` are valid YAML floats, and no setting means either
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 # ---------------------------------------------------------------------------- data sources
@@ -67,7 +75,7 @@ class ToyModelConfig(Section):
     """Steps of training the toy model itself, before the SAE."""
     train_batch_size: int = Field(1024, ge=1)
     """Batch size of the toy model's own training."""
-    train_lr: float = Field(1e-3, gt=0)
+    train_lr: float = Field(1e-3, gt=0, le=MAX_LR)
     """Learning rate of the toy model's own training (Adam)."""
 
     @model_validator(mode="after")
@@ -251,6 +259,13 @@ class DataConfig(Section):
     in use this bounds the reader's memory, whatever the store's size.
     """
 
+    @field_validator("store")
+    @classmethod
+    def _resolved(cls, store: Path | None) -> Path | None:
+        # one store, one spelling: a resumed run compares configs, and "runs/store" and
+        # "/home/me/runs/store" are the same store
+        return None if store is None else store.expanduser().resolve()
+
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         chosen = [name for name in SOURCES if getattr(self, name)]
@@ -296,7 +311,9 @@ class SAEConfig(Section):
     torch.
     """
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="allow", validate_assignment=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
     # default dead-latent remedy of the architecture ("auto" below picks it)
     default_remedy: ClassVar[str] = "auxk"
     # the architecture's own keys shown beside arch and width in the model card and the report
@@ -373,7 +390,9 @@ class SAEConfig(Section):
 class ArchitectureOptions(SAEConfig):
     """Base of an architecture's options model: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
 
 
 class KOptions(ArchitectureOptions):
@@ -422,12 +441,22 @@ class PenaltyWarmupOptions(ArchitectureOptions):
 class EntryFields(BaseModel):
     """What an SAE of a `saes:` list adds to its architecture's keys."""
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
-    """Default: sae<position>."""
+    name: str | None = None
+    """Default: sae<position>; results go to DIR/<name>."""
     hook: str | None = None
     """Default: the source's (first) hook."""
-    lr: float | None = Field(None, gt=0)
+    lr: float | None = Field(None, gt=0, le=MAX_LR)
     """Default: train.lr."""
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        if name is not None:
+            try:
+                plain_name(name, "name")
+            except UserError as error:  # pydantic reports it with the key's path
+                raise ValueError(str(error)) from None
+        return name
 
 
 class SAEEntry(SAEConfig, EntryFields):
@@ -452,7 +481,7 @@ class TrainConfig(Section):
     """Training rows in all (steps = samples / batch_size)."""
     batch_size: int = Field(4096, ge=1)
     """Rows per optimizer step."""
-    lr: float = Field(4e-4, gt=0)
+    lr: float = Field(4e-4, gt=0, le=MAX_LR)
     """Adam's learning rate (a `saes:` entry may set its own)."""
     lr_warmup_steps: int = Field(100, ge=0)
     """Steps of linear learning-rate warm-up from 0."""
@@ -470,7 +499,7 @@ class TrainConfig(Section):
     """Batches read to estimate the input scale and b_dec's starting point."""
     dead_window_samples: int = Field(1_000_000, ge=1)
     """A latent is dead if it has not fired in this many training samples."""
-    resample_at: list[float] = [0.25, 0.5, 0.75]
+    resample_at: list[Annotated[float, Field(gt=0, lt=1)]] = [0.25, 0.5, 0.75]
     """Relu/gated resampling (Towards Monosemanticity): at these fractions of training."""
     resample_sample_rows: int = Field(65_536, ge=1)
     """Rows drawn to choose resampled latents' new directions (high-loss inputs)."""
@@ -618,9 +647,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got '{text}'")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = parse_yaml(raw, f"--set {key.strip()}") if raw.strip() else ""
+    except ConfigError as error:
+        if "is not valid YAML" not in str(error):
+            raise
+        value = raw  # not YAML: the plain string (validation says if that is wrong)
     return key.strip(), value
 
 
@@ -629,12 +660,13 @@ def _describe(error: ValidationError, prefix: str = "") -> str:
     loc = [str(p) for p in first["loc"] if not str(p).startswith("function-after")]
     where = ".".join([prefix, *loc] if prefix else loc)
     msg = first["msg"].removeprefix("Value error, ")
+    where = where if len(where) <= MAX_QUOTE else where[: MAX_QUOTE - 3] + "..."
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{where}'"
     if first["type"] == "missing":
         return f"missing config key '{where}'"
     bad = first.get("input")
-    shown = f" (got {bad!r})" if not isinstance(bad, dict) and bad is not None else ""
+    shown = f" (got {quote(bad)})" if not isinstance(bad, dict) and bad is not None else ""
     return f"config key '{where}': {msg}{shown}" if where else msg
 
 
@@ -649,12 +681,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML") from None
+    tree = read_yaml_file(path)
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):

@@ -9,13 +9,17 @@ everything else as JSON in the header metadata. Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+import xxhash
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
@@ -111,20 +115,55 @@ def unflatten_state(skeleton: Any, tensors: dict[str, Tensor]) -> Any:
     return skeleton
 
 
+def state_hash(skeleton_json: str, tensors: dict[str, Tensor]) -> str:
+    """xxh3-128 of a state: its JSON part and every tensor's name, dtype, shape and bytes.
+
+    Like the store's hashes it catches accidents (a flipped bit, a torn copy), not tampering:
+    anyone who edits the file can recompute it.
+    """
+    digest = xxhash.xxh3_128(skeleton_json.encode())
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        digest.update(f"\0{name}\0{value.dtype}\0{tuple(value.shape)}\0".encode())
+        digest.update(memoryview(value.reshape(-1).view(torch.uint8).numpy()))
+    return f"xxh3_128:{digest.hexdigest()}"
+
+
+def write_failure(error: OSError | SafetensorError) -> str:
+    """Why a write failed, in words ("no space left on device"); safetensors reports I/O
+    failures as SafetensorError("... (os error N)")."""
+    code = getattr(error, "errno", None)
+    if code is None and (found := re.search(r"os error (\d+)", str(error))):
+        code = int(found.group(1))
+    if code == errno.ENOSPC:
+        return "no space left on device"
+    return os.strerror(code) if code else str(error)
+
+
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """Atomically write a nested state dict (tensors + plain values) as one safetensors file."""
+    """Atomically write a nested state dict (tensors + plain values) as one safetensors file,
+    with a hash of everything in it that load_state checks."""
     tensors, skeleton = flatten_state(state)
-    metadata = {"state": json.dumps(skeleton)}
+    text = json.dumps(skeleton)
+    metadata = {"state": text, "hash": state_hash(text, tensors)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_state(path: Path) -> dict[str, Any]:
+    """A state written by save_state; DataError if it is unreadable or does not match its hash
+    (files written before the hash existed have none and are read unchecked)."""
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-        skeleton = json.loads(metadata["state"])
+        text = metadata["state"]
+        skeleton = json.loads(text)
     except (SafetensorError, OSError, KeyError, ValueError) as error:
         raise DataError(f"{path} is not a readable state file ({error})") from None
+    if "hash" in metadata and metadata["hash"] != state_hash(text, tensors):
+        raise DataError(
+            f"{path} does not match its hash: it is corrupt (a damaged disk or copy); "
+            "restore it, or remove it to start that stage again"
+        )
     return unflatten_state(skeleton, tensors)
 

@@ -188,3 +188,21 @@ def test_chart_ticks_stay_distinct_on_a_nearly_flat_series(log_y: bool) -> None:
     svg = line_chart("l0", [Series("l0", [1, 2, 3], [31.999, 32.0, 32.0])], log_y=log_y)
     labels = re.findall(r'text-anchor="end">([^<]*)</text>', svg)
     assert len(labels) >= 3 and len(set(labels)) == len(labels)
+
+
+def test_a_context_token_that_opens_an_html_comment_does_not_break_the_page(
+    lm_run: Path, tmp_path: Path
+) -> None:
+    """`<!--<script>` inside the embedded JSON once swallowed the page's own script."""
+    hostile = tmp_path / "hostile"
+    shutil.copytree(lm_run, hostile)
+    browser = json.loads((hostile / FEATURE_BROWSER).read_text())
+    context = browser["latents"][0]["contexts"][0]
+    context["tokens"][0] = "<!--<script></script>"
+    (hostile / FEATURE_BROWSER).write_text(json.dumps(browser))
+    build_report(hostile)
+    html = (hostile / REPORT).read_text()
+    embedded = re.search(r'<script id="browser-data" type="application/json">(.*?)</script>', html, re.S)
+    assert embedded and "<" not in embedded.group(1)
+    assert json.loads(embedded.group(1)) == browser
+    assert 'data-ready="1"' in body_attributes(rendered_dom(hostile / REPORT, tmp_path))

@@ -25,9 +25,11 @@ _FROM_BASE = ("ForwardOutput", "SparseAutoencoder", "StepContext", "TrainOutput"
 def build_sae(cfg: SAEConfig, d_in: int, seed: int = 0) -> SparseAutoencoder:
     import torch
 
+    from sae.memory import check_sae_fits
     from sae.seeding import derive_seed
 
     cfg = cfg.resolve()
+    check_sae_fits(d_in, cfg.d_sae)  # one line, not a torch traceback or the OOM killer
     generator = torch.Generator().manual_seed(derive_seed(seed, "sae-init"))
     return architecture(cfg.arch)(d_in, cfg, generator)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from sae.errors import UserError
 from sae.io import publish_dir
+from sae.paths import plain_name
 from sae.publish.card import model_card
 from sae.publish.saelens import CFG, SPARSITY, WEIGHTS
 
@@ -51,7 +52,10 @@ def _trained(run_dir: Path, folder: str | None) -> TrainedSAE:
     cfg = _read_json(sae_dir / CFG)
     metrics = _read_json(run_dir / METRICS) if (run_dir / METRICS).is_file() else {}
     if folder is None:  # a lone SAE is published under its hook
-        folder = str((cfg.get("metadata") or {}).get("hook_name") or "sae")
+        metadata = cfg.get("metadata")
+        folder = (metadata.get("hook_name") if isinstance(metadata, dict) else None) or "sae"
+    # the folder becomes --to/<folder>: a name from a file must not climb out of --to
+    folder = plain_name(folder, f"{sae_dir / CFG}: the folder name (metadata.hook_name)")
     return TrainedSAE(folder, sae_dir, cfg, metrics)
 
 
@@ -65,7 +69,7 @@ def find_trained_saes(run_dir: Path) -> list[TrainedSAE]:
     found = [
         _trained(child, child.name)
         for child in sorted(run_dir.iterdir())
-        if child.is_dir() and (child / "sae").is_dir()
+        if child.is_dir() and not child.name.startswith(".") and (child / "sae").is_dir()
     ]
     if not found:
         raise UserError(

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from sae.errors import DataError
 from sae.io import publish_dir
 from sae.models import SparseAutoencoder
 
@@ -68,10 +69,13 @@ def save_saelens(
 ) -> Path:
     """Write a complete SAELens folder at `out_dir`, replacing any previous one atomically."""
     out_dir = Path(out_dir)
+    weights = export_weights(sae, input_scale)
+    bad = [name for name, value in weights.items() if not bool(torch.isfinite(value).all())]
+    if bad:  # never publish a diverged SAE, whatever path led here
+        raise DataError(f"{out_dir}: the SAE's {', '.join(bad)} hold NaN or inf; not published")
     staging = out_dir.with_name(f".{out_dir.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    weights = export_weights(sae, input_scale)
     save_file(weights, str(staging / WEIGHTS))
     (staging / CFG).write_text(json.dumps(saelens_cfg_dict(sae, metadata), indent=2))
     if log10_density is not None:

@@ -157,7 +157,10 @@ def _recovery(recovery: dict[str, Any]) -> str:
 
 
 def _browser(browser: dict[str, Any]) -> str:
-    data = json.dumps(browser, separators=(",", ":")).replace("</", "<\\/")
+    # "<" as its JSON escape: inside <script>, "</script" ends the block and "<!--" followed by
+    # "<script" swallows the page's own script (a context token "<!--<script>" did); JSON.parse
+    # reads \u003c back as "<"
+    data = json.dumps(browser, separators=(",", ":")).replace("<", "\\u003c")
     promoted = browser.get("promoted_tokens")
     hook, split = escape(str(browser.get("hook"))), escape(str(browser.get("eval_split")))
     windows = escape(str(browser.get("eval_windows")))

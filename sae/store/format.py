@@ -15,7 +15,9 @@ rows of every column, so a reader checks each byte it uses, in whatever order it
 manifest.json records the format version, the source (its config, model, dataset, seed), the
 dtype, hooks with their d_in, the metadata columns, and per shard its file, row count, byte
 size, an xxh3-128 hash of the whole file and an xxh3-64 hash of its header. A `checksum` over
-the rest of the manifest catches hand edits and corruption of the manifest itself. Only shards
+the rest of the manifest catches hand edits and corruption of the manifest itself. All of
+these are unkeyed hashes: they catch accidents, not tampering (whoever edits a file on
+purpose can recompute them). Only shards
 listed in the manifest exist for readers; anything else in the directory is uncommitted.
 """
 
@@ -32,8 +34,9 @@ import numpy as np
 import torch
 import xxhash
 
-from sae.errors import DataError
+from sae.errors import DataError, UserError
 from sae.io import atomic_write_json
+from sae.paths import plain_name
 
 FORMAT = "sae-activation-store"
 VERSION = 1
@@ -246,4 +249,18 @@ def load_manifest(directory: Path) -> Manifest:
         raise DataError(f"{path} is missing or has a malformed field ({error})") from None
     if manifest.dtype not in STORE_DTYPES or manifest.block_rows < 1:
         raise DataError(f"{path}: malformed dtype or block_rows")
+    _check_file_names(path, manifest)
     return manifest
+
+
+def _check_file_names(path: Path, manifest: Manifest) -> None:
+    """Files the manifest names are read (and, for the harvest state, deleted) in the store:
+    each must be a plain name there, never `../x` or an absolute path."""
+    names = [("shards[].file", s.file) for s in manifest.shards]
+    if manifest.harvest_state is not None:
+        names.append(("harvest_state", manifest.harvest_state))
+    for field_name, name in names:
+        try:
+            plain_name(name, f"{path}: {field_name}")
+        except UserError as error:
+            raise DataError(str(error)) from None

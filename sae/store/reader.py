@@ -116,26 +116,7 @@ class Store:
             return self._layouts[shard]
 
     def _read_layout(self, shard: int, fd: int) -> ShardLayout:
-        record, path = self.manifest.shards[shard], self.path(shard)
-        raw, header = read_header(fd, path, os.fstat(fd).st_size)
-        if header_hash(raw) != record.header_hash:
-            raise DataError(f"{path}: shard header does not match its hash (corrupt shard)")
-        try:
-            meta = json.loads(header["__metadata__"][SHARD_METADATA])
-            hashes = meta["block_hashes"]
-            if int(meta["block_rows"]) != self.manifest.block_rows:
-                raise ValueError("block_rows differs from the manifest")
-            offsets, decoded = {}, {}
-            for column in self.manifest.all_columns():
-                entry = header[column]
-                dtype, shape = self.row_shape(column)
-                if entry["dtype"] != safetensors_code(dtype) or entry["shape"] != [record.rows, *shape]:
-                    raise ValueError(f"column '{column}' has dtype/shape {entry['dtype']}/{entry['shape']}")
-                offsets[column] = len(raw) + int(entry["data_offsets"][0])
-                decoded[column] = decode_hashes(hashes[column]).tolist()
-        except (KeyError, TypeError, ValueError) as error:
-            raise DataError(f"{path}: shard does not match the manifest ({error})") from None
-        return ShardLayout(offsets, decoded)
+        return read_layout(self.manifest, shard, self.path(shard), fd)
 
     # ------------------------------------------------------------------ reading
 
@@ -147,6 +128,38 @@ class Store:
         with ShardFiles(self) as files:
             files.read(column, order.segments(start, stop - start), out)
         return out
+
+
+def read_layout(manifest: Manifest, shard: int, path: Path, fd: int) -> ShardLayout:
+    """Shard `shard`'s header, checked against its hash and against what the manifest says of
+    it: the same columns, each with the manifest's dtype and [rows, d_in] shape. DataError if not."""
+    record = manifest.shards[shard]
+    raw, header = read_header(fd, path, os.fstat(fd).st_size)
+    if header_hash(raw) != record.header_hash:
+        raise DataError(f"{path}: shard header does not match its hash (corrupt shard)")
+    try:
+        meta = json.loads(header["__metadata__"][SHARD_METADATA])
+        hashes = meta["block_hashes"]
+        if int(meta["block_rows"]) != manifest.block_rows:
+            raise ValueError("block_rows differs from the manifest")
+        extra = sorted(set(header) - {"__metadata__"} - set(manifest.all_columns()))
+        if extra:
+            raise ValueError(f"columns {', '.join(extra)} are not in the manifest")
+        offsets, decoded = {}, {}
+        for column in manifest.all_columns():
+            entry = header[column]
+            width = manifest.column_width(column)
+            dtype, shape = manifest.column_dtype(column), (() if width is None else (width,))
+            if entry["dtype"] != safetensors_code(dtype) or entry["shape"] != [record.rows, *shape]:
+                raise ValueError(
+                    f"column '{column}' is {entry['dtype']} {entry['shape']}, the manifest says "
+                    f"{safetensors_code(dtype)} {[record.rows, *shape]}"
+                )
+            offsets[column] = len(raw) + int(entry["data_offsets"][0])
+            decoded[column] = decode_hashes(hashes[column]).tolist()
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(f"{path}: shard does not match the manifest ({error})") from None
+    return ShardLayout(offsets, decoded)
 
 
 def empty_rows(rows: int, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:

@@ -10,7 +10,6 @@ holds exactly the rows of an uninterrupted run, shard files byte for byte.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -26,7 +25,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from sae.errors import DataError, UserError
-from sae.io import atomic_write, fsync_dir, load_state, save_state
+from sae.io import atomic_write, fsync_dir, load_state, save_state, write_failure
 from sae.store.format import (
     ACTS,
     FORMAT,
@@ -117,6 +116,8 @@ class StoreWriter:
         self.dtype, self.requested_block_rows = dtype, block_rows
         self.identity, self.harvest = identity, harvest
         self.description: dict[str, Any] = {}
+        _refuse_foreign(self.dir)  # before anything is written or deleted there
+        self._created = not self.dir.exists()
         _make_dir(self.dir)
         self._lock = _lock(self.dir)
         self.manifest = existing_store(self.dir, identity, harvest)
@@ -188,6 +189,12 @@ class StoreWriter:
         return self.manifest
 
     def close(self) -> None:
+        """Release the lock; a writer that committed nothing takes its lock file (and the
+        directory it created) away again, so a failed start leaves no lone store/.lock."""
+        if self.manifest is None and not any(p.name != LOCK for p in self.dir.iterdir()):
+            (self.dir / LOCK).unlink(missing_ok=True)
+            if self._created:
+                self.dir.rmdir()
         self._lock.close()
 
     # ------------------------------------------------------------------ helpers
@@ -206,25 +213,33 @@ class StoreWriter:
         )
 
     def _remove_uncommitted(self) -> None:
-        """Delete what a killed writer left behind: temporary files, unlisted shards and states."""
+        """Delete what a killed writer left behind: temporary files, unlisted shards and states.
+        Only files named as this writer names them; with no manifest, only next to its lock
+        (_refuse_foreign checked that before anything was written)."""
         keep = {MANIFEST, LOCK}
         if self.manifest is not None:
             keep |= {s.file for s in self.manifest.shards}
             keep.add(self.manifest.harvest_state or "")
-        foreign = []
         for entry in self.dir.iterdir():
-            if entry.name in keep:
-                continue
-            if _OWN_FILES.match(entry.name) and entry.is_file():
+            if entry.name not in keep and _OWN_FILES.match(entry.name) and entry.is_file():
                 entry.unlink()
-            elif self.manifest is None:
-                foreign.append(entry.name)
-        if foreign:
-            raise UserError(
-                f"--out {self.dir} is not empty and holds no store ({MANIFEST}); "
-                f"refusing to write next to {', '.join(sorted(foreign)[:3])}"
-            )
         fsync_dir(self.dir)
+
+
+def _refuse_foreign(directory: Path) -> None:
+    """A directory without a manifest may hold only what a killed writer of ours left (its
+    lock, temporary files, uncommitted shards and states); files named like ours count as
+    ours only next to that lock. Anything else is the user's: refuse, deleting nothing."""
+    if not directory.is_dir() or (directory / MANIFEST).exists():
+        return
+    entries = [entry.name for entry in directory.iterdir()]
+    ours = LOCK in entries
+    foreign = sorted(n for n in entries if not (ours and _OWN_FILES.match(n)))
+    if foreign:
+        raise UserError(
+            f"--out {directory} is not empty and holds no store ({MANIFEST}); "
+            f"refusing to write next to {', '.join(foreign[:3])}"
+        )
 
 
 def _make_dir(directory: Path) -> None:
@@ -346,16 +361,10 @@ def write_shard(path: Path, columns: dict[str, Tensor], block_rows: int) -> Shar
 
 
 def _write_error(error: OSError | SafetensorError, path: Path, manifest: Manifest) -> UserError:
-    # safetensors reports I/O failures as SafetensorError("... (os error N)")
-    code = getattr(error, "errno", None)
-    if code is None and (found := re.search(r"os error (\d+)", str(error))):
-        code = int(found.group(1))
-    reason = os.strerror(code) if code else str(error)
-    if code == errno.ENOSPC:
-        reason = "no space left on device"
     return UserError(
-        f"cannot write {path}: {reason}; the store keeps its {len(manifest.shards)} committed "
-        f"shards ({manifest.rows} rows) and the same command continues from there"
+        f"cannot write {path}: {write_failure(error)}; the store keeps its "
+        f"{len(manifest.shards)} committed shards ({manifest.rows} rows) and the same command "
+        "continues from there"
     )
 
 

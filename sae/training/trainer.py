@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 from tqdm import tqdm
 
@@ -34,7 +35,8 @@ from sae.config import Config, SAEEntry, TrainConfig, to_dict
 from sae.device import pick_device, uses_bf16
 from sae.distributed import LOCAL, World
 from sae.errors import DataError, UserError
-from sae.io import load_state, save_state
+from sae.io import load_state, save_state, write_failure
+from sae.memory import check_training_fits
 from sae.models import SparseAutoencoder, StepContext, TrainOutput
 from sae.seeding import derive_seed
 from sae.sources.base import ActivationSource
@@ -88,6 +90,9 @@ class SAETraining:
         self.input_scale = 1.0
         self.bf16 = uses_bf16(tc.precision, device)
         self.sparse = {"auto": None, "sparse": True, "dense": False}[tc.kernels]
+        # the first step whose loss was NaN or inf (-1: none), kept on the device so that
+        # watching every step costs no synchronisation; read where the loop syncs anyway
+        self.first_bad_step = torch.tensor(-1, device=device)
 
     def take(self, batch: Batch) -> Tensor:
         """This SAE's rows of a batch (batches of several hooks are dicts by hook)."""
@@ -120,6 +125,9 @@ class SAETraining:
         )
         with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16):
             out = self.sae.training_forward(x, ctx)
+        with torch.no_grad():
+            bad = ~torch.isfinite(out.loss.detach()) & (self.first_bad_step < 0)
+            self.first_bad_step = torch.where(bad, step + 1, self.first_bad_step)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.group.average_gradients(list(self.sae.parameters()))
@@ -134,6 +142,19 @@ class SAETraining:
             fired = self.group.any(out.latents.fired())
             self.samples_since_fired.add_(self.group.rows(x.shape[0])).masked_fill_(fired, 0)
         return out
+
+    def check_finite(self, step: int) -> None:
+        """DataError if the loss of any step so far, or a weight now, is NaN or inf."""
+        bad_step = int(self.first_bad_step)
+        if bad_step < 0 and all(bool(torch.isfinite(p).all()) for p in self.sae.parameters()):
+            return
+        what = f"its loss became NaN or inf at step {bad_step}" if bad_step >= 0 else (
+            f"its weights became NaN or inf by step {step}"
+        )
+        raise DataError(
+            f"training of SAE '{self.name}' diverged: {what} (with lr {self.lr:g}); the last "
+            "checkpoint before it is kept and nothing was published"
+        )
 
     def lr_at(self, step: int, total_steps: int) -> float:
         lr, warm = self.lr, self.tc.lr_warmup_steps
@@ -257,6 +278,13 @@ class Trainer:
         if missing:
             raise UserError(f"SAEs and config entries do not match: {', '.join(missing)}")
         self.mode = parallel_mode(self.tc, len(saes), self.world)
+        check_training_fits(
+            sum(p.numel() for one in saes.values() for p in one.parameters()),
+            max(one.d_in for one in saes.values()),
+            max(one.d_sae for one in saes.values()),
+            self.batch_size,
+            self.device,
+        )
         self.names = list(saes)
         group = self.world if self.mode == "data" else LOCAL
         self.trainings = [
@@ -388,7 +416,14 @@ class Trainer:
         assert log is not None
         log.sync()
         state["saes"] = {name: state["saes"][name] for name in self.names}
-        save_state(self.checkpoint_path, state)
+        try:
+            save_state(self.checkpoint_path, state)
+        except (OSError, SafetensorError) as error:  # the previous checkpoint is untouched
+            raise UserError(
+                f"cannot write {self.checkpoint_path} at step {self.step}: "
+                f"{write_failure(error)}; the previous checkpoint is kept and the same command "
+                "continues from it"
+            ) from None
 
     # ------------------------------------------------------------------ the loop
 
@@ -426,10 +461,15 @@ class Trainer:
                 if self.step in self.resample_steps:
                     self._resample()
                 self.seconds += time.perf_counter() - started
-                if self.step % lc.log_every_steps == 0 or self.step == self.total_steps:
+                logs = self.step % lc.log_every_steps == 0 or self.step == self.total_steps
+                saves = (every and self.step % every == 0) or self.step == self.total_steps
+                if logs or saves:  # nothing non-finite is logged, checkpointed or published
+                    for training in self.trainings:
+                        training.check_finite(self.step)
+                if logs:
                     self._log(log, bar, steps)
                 bar.update(1)
-                if (every and self.step % every == 0) or self.step == self.total_steps:
+                if saves:
                     self._checkpoint(stream, log)
         finally:
             bar.close()

@@ -6,12 +6,14 @@ network by default; offline runs can be uploaded later with `wandb sync DIR/wand
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from sae.io import fsync_dir
+from sae.errors import UserError
+from sae.io import fsync_dir, write_failure
 
 METRICS_LOG = "metrics.jsonl"
 
@@ -36,8 +38,14 @@ class TrainingLog:
             self.run_id = self.run.id
 
     def log(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as error:
+            raise UserError(
+                f"cannot write {self.path}: {write_failure(error)}; the last checkpoint is kept "
+                "and the same command continues from it"
+            ) from None
         if self.run is not None:
             self.run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
@@ -47,7 +55,8 @@ class TrainingLog:
         os.fsync(self.file.fileno())
 
     def close(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):  # a full disk: log() or the checkpoint said so
+            self.file.close()
         if self.run is not None:
             self.run.finish()
             self.run = None
