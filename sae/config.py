@@ -133,10 +133,13 @@ class LMConfig(Section):
     # backend hf, module paths whose output is read (transformer.h.7, model.layers.3.mlp)
     hooks: list[str] = Field(min_length=1)
     # "generated" (the bundled language, with per-token labels), a local .txt (one document
-    # per line) / .json / .jsonl / .csv / .parquet file, or a hub dataset name (streamed)
+    # per line) / .json / .jsonl / .csv / .parquet file, a local dataset folder (save_to_disk,
+    # or data files laid out as on the hub), or a hub dataset name; all streamed
     dataset: str = "generated"
     dataset_config: str | None = None  # a hub dataset's configuration, e.g. wikitext-2-raw-v1
     dataset_split: str = "train"
+    # the column of text, or of token ids (pre-tokenized; an `input_ids` column is used when
+    # the dataset has no `text_column`)
     text_column: str = "text"
     context_size: int = Field(128, ge=2)
     prepend_bos: bool = True  # BOS at the start of every context window (SAELens's default)
