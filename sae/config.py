@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sae.config_paths import resolve_config_paths
 from sae.errors import ConfigError
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
@@ -437,8 +438,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(
     path: str | Path, overrides: list[str] | None = None, schema: type[BaseModel] = Config
 ) -> Any:
-    """Read a YAML config, apply `key=value` overrides, validate. Raises ConfigError."""
+    """Read a YAML config, apply `key=value` overrides, validate. Raises ConfigError.
+
+    Relative paths in the file are relative to the file; in overrides, to the current
+    directory (sae/config_paths.py)."""
     tree = read_yaml(path)
+    resolve_config_paths(tree, Path(path))
     for text in overrides or []:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
