@@ -26,6 +26,7 @@ from sae.evaluation.ground_truth import (
 from sae.evaluation.reconstruction import Dictionary, ReconstructionStats, reconstruction_stats
 from sae.io import atomic_write_json, atomic_write_text
 from sae.models import SparseAutoencoder, build_sae
+from sae.progress import stage
 from sae.publish.saelens import save_saelens
 from sae.report import FEATURE_BROWSER, RECOVERY, build_report
 from sae.report.build import TRAINING_LOG
@@ -132,6 +133,20 @@ def evaluate_and_export(
     monosemanticity, feature browser) when given; else by reconstruction of fresh rows.
     metrics.json is written after everything but the report, so it marks a finished evaluation.
     """
+    with stage(f"evaluate {name or 'sae'}", cfg.logging.progress):
+        return _evaluate_and_export(cfg, source, trainer, sae, out_dir, name, ground_truth, lm)
+
+
+def _evaluate_and_export(
+    cfg: Config,
+    source: ActivationSource,
+    trainer: Trainer,
+    sae: SparseAutoencoder,
+    out_dir: Path,
+    name: str | None,
+    ground_truth: GroundTruthSource | None,
+    lm: LMSource | None,
+) -> dict[str, Any]:
     if ground_truth is None and isinstance(source, GroundTruthSource):
         ground_truth = source
     summary = trainer.summary(name)

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from sae import distributed
 from sae.config import Config, SAEEntry, TrainConfig, to_dict
@@ -36,6 +35,7 @@ from sae.distributed import LOCAL, World
 from sae.errors import DataError, UserError
 from sae.io import load_state, save_state
 from sae.models import SparseAutoencoder, StepContext, TrainOutput
+from sae.progress import progress_bar, stage
 from sae.seeding import derive_seed
 from sae.sources.base import ActivationSource, BatchStream
 from sae.sources.prefetch import Prefetcher
@@ -435,14 +435,13 @@ class Trainer:
             )
             self.run_id = log.run_id
         archs = ",".join(sorted({run.sae.cfg.arch for run in self.runs}))
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            disable=None if lc.progress and self.world.main else True,
-            desc=f"train {archs}" + (f" x{len(self.runs)}" if len(self.runs) > 1 else ""),
-            unit="step",
-            dynamic_ncols=True,
-        )
+        desc = f"train {archs}" + (f" x{len(self.runs)}" if len(self.runs) > 1 else "")
+        shown = lc.progress and self.world.main
+        with stage(f"{desc} ({self.total_steps - self.step:,} steps)", shown):
+            self._steps(stream, log, progress_bar(self.total_steps, desc, "step", shown, self.step))
+
+    def _steps(self, stream: BatchStream, log: RunLog | None, bar: Any) -> None:
+        lc = self.cfg.logging
         every = self.tc.checkpoint_every_steps
         try:
             for run in self.runs:
@@ -469,7 +468,7 @@ class Trainer:
                 log.close()
 
     def _log(
-        self, log: RunLog | None, bar: tqdm, steps: list[tuple[SAETraining, Tensor, TrainOutput]]
+        self, log: RunLog | None, bar: Any, steps: list[tuple[SAETraining, Tensor, TrainOutput]]
     ) -> None:
         records = [
             {
@@ -488,7 +487,10 @@ class Trainer:
             return
         for record in records:
             log.log(record)
-        bar.set_postfix(mse=f"{records[0]['mse']:.4g}", l0=f"{records[0]['l0']:.1f}")
+        now = records[0]
+        bar.set_postfix(
+            loss=f"{now['loss']:.4g}", l0=f"{now['l0']:.1f}", ev=f"{now['explained_variance']:.3f}"
+        )
 
     def _prepare(self, run: SAETraining, batch: Batch) -> Tensor:
         x = run.take(batch).to(self.device, torch.float32, non_blocking=True)
