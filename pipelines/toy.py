@@ -28,7 +28,7 @@ from sae.io import atomic_write_json, atomic_write_text
 from sae.models import SparseAutoencoder, build_sae
 from sae.progress import stage
 from sae.publish.saelens import save_saelens
-from sae.report import FEATURE_BROWSER, RECOVERY, build_report
+from sae.report import FEATURE_BROWSER, RECOVERY, REPORT, build_report
 from sae.report.build import TRAINING_LOG
 from sae.seeding import derive_seed
 from sae.sources import build_source
@@ -198,6 +198,13 @@ def _evaluate_and_export(
         recovery = recovery_profile(sae.W_dec.detach(), ground_truth.feature_vectors)
         atomic_write_json(out_dir / RECOVERY, recovery)
     build_report(out_dir)
+    if cfg.logging.wandb and trainer.world.main:  # rank 0 owns the wandb run
+        from sae.publish.wandb_results import log_results
+
+        log_results(
+            trainer.out_dir, trainer.run_id, result["config"], name, metrics, log10_density,
+            out_dir / "sae", out_dir / REPORT, cfg.eval.density_bins,
+        )  # fmt: skip
     return result
 
 
