@@ -10,7 +10,10 @@ each at its own default learning rate and at the best of the same learning-rate 
 3. Like for like: a default learning rate tuned for one side (the configs' lr with our warm
    start) against the other side's default (train_toy_sae's 3e-4) favours the first, so both
    sides also train at every rate of one sweep (`--lrs`), and each side's best by mcc is shown.
-4. All runs are evaluated by the same metric code on the same fresh samples.
+4. sparsify (with the `bench` extra, topk only): its SparseCoder and training step
+   (pipelines/bench_sparsify.py) on batches from the same generator, same budget, at its own
+   default rate and the same sweep.
+5. All runs are evaluated by the same metric code on the same fresh samples.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from sae_lens.synthetic import FeatureDictionary
 from sae_lens.synthetic.training import train_toy_sae
 from torch import nn
 
+from pipelines.bench_sparsify import available as sparsify_available
+from pipelines.bench_sparsify import default_lr as sparsify_default_lr
 from pipelines.toy import build_ground_truth, ground_truth_metrics, train_and_evaluate
 from sae.config import Config, to_dict, validate_tree
 from sae.models.matryoshka import default_widths
@@ -152,6 +157,31 @@ def _theirs(
     }
 
 
+def _sparsify(
+    cfg: Config, source: GroundTruthSource, lr: float, budget: float, max_samples: int
+) -> dict[str, Any]:
+    from pipelines.bench_sparsify import SparsifyTopK
+
+    torch.manual_seed(derive_seed(cfg.seed, "sparsify-init"))
+    coder = SparsifyTopK(source.d_in, cfg.sae.d_sae, int(cfg.sae.k), torch.device("cpu"), lr)
+    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "sparsify-data"))
+    samples, started = 0, time.perf_counter()
+    while samples < max_samples and time.perf_counter() - started < budget:
+        coder.step(source.sample_with_features(cfg.train.batch_size, generator)[0])
+        samples += cfg.train.batch_size
+    seconds = time.perf_counter() - started
+    coder.eval()
+    return {
+        "trainer": "sparsify topk",
+        "lr": lr,
+        **ground_truth_metrics(cfg, coder, source),
+        "arch": cfg.sae.arch,
+        "samples": samples,
+        "seconds": seconds,
+        "samples_per_second": samples / seconds if seconds else 0.0,
+    }
+
+
 def _summary_rows(runs: list[dict[str, Any]], default_lr: float) -> list[dict[str, Any]]:
     """One side's default-lr run and its best run of the sweep (by mcc)."""
     default = next(r for r in runs if r["lr"] == default_lr)
@@ -174,12 +204,20 @@ def run_compare(
         {**_theirs(cfg, source, lr, budget, max_samples), "swept": lr in lrs} for lr in theirs_lrs
     ]
     table = _summary_rows(ours, cfg.train.lr) + _summary_rows(theirs, SAELENS_DEFAULT_LR)
+    peer: list[dict[str, Any]] = []
+    if cfg.sae.arch == "topk" and sparsify_available():
+        own = sparsify_default_lr(cfg.sae.d_sae)
+        peer = [
+            {**_sparsify(cfg, source, lr, budget, max_samples), "swept": lr in lrs}
+            for lr in dict.fromkeys([own, *lrs])
+        ]
+        table += _summary_rows(peer, own)
     print(
         f"same data, same wall-clock budget ({budget:.1f} s of training each); "
         f"both sides swept lr over {', '.join(f'{lr:g}' for lr in lrs)}"
     )
     print(format_table(table, COLUMNS))
-    runs = ours + theirs
+    runs = ours + theirs + peer
     if out_json is not None:
         out_json.write_text(json.dumps(runs, indent=2))
     return runs

@@ -352,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_toy.set_defaults(handler=_bench_toy)
 
     train = bench_sub.add_parser(
-        "train", help="training samples/s: ours vs SAELens's SAETrainer vs a dense-matmul bound"
+        "train",
+        help="training samples/s: ours vs SAELens's SAETrainer, sparsify's TopK step (with the "
+        "bench extra) and a dense-matmul bound",
     )
     train.add_argument("--json", type=Path, default=None, help="write rows as JSON here")
     train.add_argument(

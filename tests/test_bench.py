@@ -10,7 +10,7 @@ from tests.test_cli import sae
 
 TRAIN_KEYS = {
     "arch", "d", "m", "batch", "ours_samples_per_s", "saelens_samples_per_s", "speedup",
-    "bound_samples_per_s", "bound_ratio",
+    "bound_samples_per_s", "bound_ratio", "sparsify_samples_per_s", "speedup_vs_sparsify",
 }  # fmt: skip
 
 
@@ -41,8 +41,8 @@ def test_bench_toy_scores_both_trainers_with_the_same_metrics(tmp_path: Path, ar
     assert {"mcc", "f1", "explained_variance"} <= set(ours[0]) & set(theirs[0])
     # like for like: both sides at their own default and at every rate of the same sweep
     assert [r["lr"] for r in ours] == [5e-3, 1e-3] and [r["lr"] for r in theirs] == [3e-4, 1e-3]
-    assert [r["lr"] for r in runs if r["swept"]] == [1e-3, 1e-3]
-    assert result.stdout.count("default lr") == 2 and result.stdout.count("best of sweep") == 2
+    assert all(r["swept"] == (r["lr"] == 1e-3) for r in ours + theirs)
+    assert "sae (ours)     default lr" in result.stdout and "best of sweep" in result.stdout
 
 
 def test_bench_toy_rejects_a_malformed_sweep(tmp_path: Path) -> None:
