@@ -140,7 +140,9 @@ class LMConfig(Section):
     dataset_config: str | None = None  # a hub dataset's configuration, e.g. wikitext-2-raw-v1
     dataset_split: str = "train"
     # the column of text, or of token ids (pre-tokenized; an `input_ids` column is used when
-    # the dataset has no `text_column`)
+    # the dataset has no `text_column`). Rows that already are windows starting with BOS, as
+    # SAELens's pretokenize runner writes them: prepend_bos false, separator none, and
+    # context_size their length, so that each row is one window as it is
     text_column: str = "text"
     context_size: int = Field(128, ge=2)
     prepend_bos: bool = True  # BOS at the start of every context window (SAELens's default)
