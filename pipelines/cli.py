@@ -204,9 +204,20 @@ def _bench_toy(args: argparse.Namespace) -> None:
     from sae.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    lrs = _learning_rates(args.lrs)
     from pipelines.bench.toy import run_compare
 
-    run_compare(cfg, out_json=args.json)
+    run_compare(cfg, out_json=args.json, lrs=lrs)
+
+
+def _learning_rates(text: str) -> tuple[float, ...]:
+    try:
+        lrs = tuple(float(part) for part in text.split(",") if part)
+    except ValueError:
+        lrs = ()
+    if not lrs or any(not lr > 0 for lr in lrs):
+        raise UserError(f"--lrs expects positive learning rates, comma-separated, got '{text}'")
+    return lrs
 
 
 def _shapes(text: str) -> list[tuple[int, int, int]]:
@@ -409,13 +420,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks that print side-by-side figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
-    bench_toy = bench_sub.add_parser("toy", help="ours vs SAELens's trainer, same data and time")
+    bench_toy = bench_sub.add_parser(
+        "toy", help="ours vs SAELens's trainer, same data, time and learning-rate sweep"
+    )
     _config_args(bench_toy, out=False)
-    bench_toy.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    bench_toy.add_argument("--json", type=Path, default=None, help="also write every run here")
+    bench_toy.add_argument(
+        "--lrs",
+        default="3e-4,1e-3,3e-3",
+        help="learning rates both sides train at; each side's best is shown next to its default "
+        "(ours: train.lr, SAELens: 3e-4) (default: %(default)s)",
+    )
     bench_toy.set_defaults(handler=_bench_toy)
 
     train = bench_sub.add_parser(
-        "train", help="training samples/s: ours vs SAELens's SAETrainer vs a dense-matmul bound"
+        "train",
+        help="training samples/s: ours vs SAELens's SAETrainer, sparsify's TopK step (with the "
+        "bench extra) and a dense-matmul bound",
     )
     train.add_argument("--json", type=Path, default=None, help="write rows as JSON here")
     train.add_argument(

@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from sae import distributed
 from sae.config import Config, to_dict
 from sae.errors import ConfigError
+from sae.progress import progress_bar, stage
 from sae.seeding import derive_seed
 from sae.sources import build_source
 from sae.sources.base import ActivationSource, GroundTruthSource
@@ -107,15 +106,23 @@ def _harvest(
     world: distributed.World,
 ) -> Manifest:
     hc = cfg.harvest
-    bar = tqdm(
-        total=hc.rows,
-        initial=writer.rows if writer else 0,
-        disable=None if cfg.logging.progress and world.main else True,
-        desc="harvest" + (f" x{world.size} ranks" if world.distributed else ""),
-        unit="row",
-        unit_scale=True,
-        dynamic_ncols=True,
-    )
+    shown = cfg.logging.progress and world.main
+    desc = "harvest" + (f" x{world.size} ranks" if world.distributed else "")
+    initial = writer.rows if writer else 0
+    with stage(f"{desc} ({hc.rows - initial:,} rows)", shown):
+        bar = progress_bar(hc.rows, desc, "row", shown, initial, unit_scale=True)
+        return _harvest_rows(cfg, out_dir, source, writer, world, bar)
+
+
+def _harvest_rows(
+    cfg: Config,
+    out_dir: Path,
+    source: ActivationSource,
+    writer: StoreWriter | None,
+    world: distributed.World,
+    bar: Any,
+) -> Manifest:
+    hc = cfg.harvest
     stream = source.harvest_stream(hc.batch_rows, derive_seed(cfg.seed, "harvest"))
     try:
         if world.distributed:

@@ -19,12 +19,17 @@ from torch import Tensor
 
 from sae.config import Config, to_dict
 from sae.errors import ConfigError
-from sae.evaluation.ground_truth import evaluate_ground_truth, recovery_profile
-from sae.evaluation.reconstruction import Dictionary, evaluate_reconstruction
+from sae.evaluation.ground_truth import (
+    GroundTruthMetrics,
+    evaluate_ground_truth,
+    recovery_profile,
+)
+from sae.evaluation.reconstruction import Dictionary, ReconstructionStats, reconstruction_stats
 from sae.io import atomic_write_json, atomic_write_text
 from sae.models import SparseAutoencoder, build_sae
+from sae.progress import stage
 from sae.publish.saelens import save_saelens
-from sae.report import FEATURE_BROWSER, RECOVERY, build_report
+from sae.report import FEATURE_BROWSER, RECOVERY, REPORT, build_report
 from sae.report.build import TRAINING_LOG
 from sae.seeding import derive_seed
 from sae.sources import build_source
@@ -68,7 +73,9 @@ def train_and_evaluate(
     trainer.fit()
     result = None
     if trainer.publishes("sae"):
-        result = evaluate_and_export(cfg, source, trainer, sae, out_dir, ground_truth=ground_truth)
+        result = evaluate_and_export(
+            cfg, source, trainer, sae, out_dir, ground_truth=ground_truth, lm=_live_lm(source)
+        )
     # under torchrun every rank returns rank 0's result (once it is written)
     return next(r for r in trainer.world.all_gather_json(result) if r is not None)
 
@@ -95,11 +102,19 @@ def train_and_evaluate_many(
         (out_dir / name).mkdir(exist_ok=True)
         split_training_log(out_dir, name)
         result = evaluate_and_export(
-            cfg, source, trainer, sae, out_dir / name, name, ground_truth=ground_truth
+            cfg, source, trainer, sae, out_dir / name, name, ground_truth, _live_lm(source)
         )
         results.append({"name": name, **result})
     everyone = [r for part in trainer.world.all_gather_json(results) for r in part]
     return sorted(everyone, key=lambda r: list(saes).index(r["name"]))
+
+
+def _live_lm(source: ActivationSource) -> LMSource | None:
+    """A language model trained on live (`sae train` with data.lm) is evaluated as `sae run`
+    evaluates it: spliced-in loss, densities, feature browser."""
+    from sae.sources.model_activations import LMSource
+
+    return source if isinstance(source, LMSource) else None
 
 
 def evaluate_and_export(
@@ -118,6 +133,20 @@ def evaluate_and_export(
     monosemanticity, feature browser) when given; else by reconstruction of fresh rows.
     metrics.json is written after everything but the report, so it marks a finished evaluation.
     """
+    with stage(f"evaluate {name or 'sae'}", cfg.logging.progress):
+        return _evaluate_and_export(cfg, source, trainer, sae, out_dir, name, ground_truth, lm)
+
+
+def _evaluate_and_export(
+    cfg: Config,
+    source: ActivationSource,
+    trainer: Trainer,
+    sae: SparseAutoencoder,
+    out_dir: Path,
+    name: str | None,
+    ground_truth: GroundTruthSource | None,
+    lm: LMSource | None,
+) -> dict[str, Any]:
     if ground_truth is None and isinstance(source, GroundTruthSource):
         ground_truth = source
     summary = trainer.summary(name)
@@ -140,9 +169,11 @@ def evaluate_and_export(
         if evaluation.browser is not None:
             atomic_write_json(out_dir / FEATURE_BROWSER, evaluation.browser)
     elif ground_truth is not None:
-        metrics = ground_truth_metrics(cfg, sae, ground_truth, summary.input_scale)
+        truth = ground_truth_evaluation(cfg, sae, ground_truth, summary.input_scale)
+        metrics, log10_density = truth.to_dict(), truth.log10_density
     else:
-        metrics = _evaluate_on_source(cfg, sae, source, summary.input_scale, hook)
+        stats = _evaluate_on_source(cfg, sae, source, summary.input_scale, hook)
+        metrics, log10_density = stats.summary(), stats.log10_density()
     description = source.metadata()
     save_saelens(
         sae,
@@ -167,12 +198,19 @@ def evaluate_and_export(
         recovery = recovery_profile(sae.W_dec.detach(), ground_truth.feature_vectors)
         atomic_write_json(out_dir / RECOVERY, recovery)
     build_report(out_dir)
+    if cfg.logging.wandb and trainer.world.main:  # rank 0 owns the wandb run
+        from sae.publish.wandb_results import log_results
+
+        log_results(
+            trainer.out_dir, trainer.run_id, result["config"], name, metrics, log10_density,
+            out_dir / "sae", out_dir / REPORT, cfg.eval.density_bins,
+        )  # fmt: skip
     return result
 
 
-def ground_truth_metrics(
+def ground_truth_evaluation(
     cfg: Config, sae: Dictionary, truth: GroundTruthSource, input_scale: float = 1.0
-) -> dict[str, Any]:
+) -> GroundTruthMetrics:
     """The config's ground-truth evaluation: eval.samples fresh rows drawn on the eval seed, so
     every dictionary scored with one config sees the same rows."""
     return evaluate_ground_truth(
@@ -182,7 +220,13 @@ def ground_truth_metrics(
         batch_size=cfg.eval.batch_size,
         seed=derive_seed(cfg.seed, "eval"),
         input_scale=input_scale,
-    ).to_dict()
+    )
+
+
+def ground_truth_metrics(
+    cfg: Config, sae: Dictionary, truth: GroundTruthSource, input_scale: float = 1.0
+) -> dict[str, Any]:
+    return ground_truth_evaluation(cfg, sae, truth, input_scale).to_dict()
 
 
 def _evaluate_on_source(
@@ -191,8 +235,8 @@ def _evaluate_on_source(
     source: ActivationSource,
     input_scale: float,
     hook: str | None = None,
-) -> dict[str, Any]:
-    """No ground truth: reconstruction metrics on eval.samples rows of the SAE's hook, drawn
+) -> ReconstructionStats:
+    """No ground truth: reconstruction statistics on eval.samples rows of the SAE's hook, drawn
     with another seed."""
     seed = derive_seed(cfg.seed, "eval")
     if hook is None:
@@ -202,7 +246,7 @@ def _evaluate_on_source(
     try:
         n_batches = -(-cfg.eval.samples // cfg.eval.batch_size)
         batches = (_rows(next(stream), hook) for _ in range(n_batches))
-        return evaluate_reconstruction(sae, batches, input_scale)
+        return reconstruction_stats(sae, batches, input_scale)
     finally:
         stream.close()
 
@@ -214,8 +258,14 @@ def _rows(batch: Tensor | dict[str, Tensor], hook: str | None) -> Tensor:
 def _saelens_metadata(
     cfg: Config, description: dict[str, Any], hook: str | None = None
 ) -> dict[str, Any]:
-    """SAELens's metadata keys, from what the source says about itself."""
+    """SAELens's metadata keys, from what the source says about itself.
+
+    Without hook_name SAELens's run_with_saes skips the SAE ("No hook found for None") and
+    returns the clean loss, so a lone SAE on a one-hook source takes that hook's name."""
     found = {k: description[k] for k in SAELENS_METADATA if description.get(k) is not None}
+    hooks = list(description.get("hooks") or ())
+    if hook is None and "hook_name" not in found and len(hooks) == 1:
+        hook = hooks[0]
     if hook is not None:
         found["hook_name"] = hook
     return {"source": cfg.data.kind, **found}

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from sae.config_paths import resolve_config_paths
 from sae.errors import ConfigError, UserError
 from sae.paths import plain_name
 from sae.safe_yaml import MAX_QUOTE, parse_yaml, quote, read_yaml_file
@@ -200,14 +201,19 @@ class LMConfig(Section):
     """
     dataset: str = "generated"
     """`generated` (the bundled language, with per-token labels), a local .txt (one document
-    per line) / .json / .jsonl / .csv / .parquet file, or a hub dataset name (streamed).
+    per line) / .json / .jsonl / .csv / .parquet file, a local dataset folder (save_to_disk, or
+    data files laid out as on the hub), or a hub dataset name; all streamed.
     """
     dataset_config: str | None = None
     """A hub dataset's configuration, e.g. wikitext-2-raw-v1."""
     dataset_split: str = "train"
     """Split of the dataset read for training rows."""
     text_column: str = "text"
-    """Column of the dataset holding the text."""
+    """The column of text, or of token ids (pre-tokenized; an `input_ids` column is used when
+    the dataset has no `text_column`). Rows that already are windows starting with BOS, as
+    SAELens's pretokenize runner writes them: prepend_bos false, separator none, and
+    context_size their length, so that each row is one window as it is.
+    """
     context_size: int = Field(128, ge=2)
     """Tokens per context window."""
     prepend_bos: bool = True
@@ -692,8 +698,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(
     path: str | Path, overrides: list[str] | None = None, schema: type[BaseModel] = Config
 ) -> Any:
-    """Read a YAML config, apply `key=value` overrides, validate. Raises ConfigError."""
+    """Read a YAML config, apply `key=value` overrides, validate. Raises ConfigError.
+
+    Relative paths in the file are relative to the file; in overrides, to the current
+    directory (sae/config_paths.py)."""
     tree = read_yaml(path)
+    resolve_config_paths(tree, Path(path))
     overridden = set()
     for text in overrides or []:
         key, value = parse_override(text)

@@ -6,9 +6,19 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def significant(value: float, digits: int) -> str:
+    """`value` to `digits` significant digits, or more where those would round a fraction up
+    to 1: a ce_loss_recovered of 0.9995 is not 1, and must read differently from 0.95."""
+    text = f"{value:.{digits}g}"
+    while abs(value) < 1 and abs(float(text)) >= 1 and digits < 9:
+        digits += 1
+        text = f"{value:.{digits}g}"
+    return text
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+        return significant(value, 4) if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
     return str(value)
 
 

@@ -1,7 +1,8 @@
 """A tiny GPT-2 saved as a local Hugging Face checkpoint, for offline tests of hub-model code.
 
-Same files as a hub download of gpt2 (config.json with n_ctx, safetensors weights, a byte-level
-BPE tokenizer whose BOS = EOS = <|endoftext|>), just 2 layers of width 32.
+The files the pinned transformers writes for a GPT-2 (config.json without the legacy n_ctx,
+safetensors weights, a byte-level BPE tokenizer whose BOS = EOS = <|endoftext|>), just 2
+layers of width 32.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ def save_tiny_gpt2(directory: Path) -> Path:
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=64,
-        n_ctx=64,
         n_embd=32,
         n_layer=2,
         n_head=4,

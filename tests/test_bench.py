@@ -10,7 +10,7 @@ from tests.test_cli import sae
 
 TRAIN_KEYS = {
     "arch", "d", "m", "batch", "ours_samples_per_s", "saelens_samples_per_s", "speedup",
-    "bound_samples_per_s", "bound_ratio",
+    "bound_samples_per_s", "bound_ratio", "sparsify_samples_per_s", "speedup_vs_sparsify",
 }  # fmt: skip
 
 
@@ -32,11 +32,22 @@ def test_bench_toy_scores_both_trainers_with_the_same_metrics(tmp_path: Path, ar
     tree = tiny_tree(arch)
     tree["train"]["samples"] = 5_000
     out = tmp_path / "toy.json"
-    result = sae("bench", "toy", str(write_config(tmp_path / "tiny.yaml", tree)), "--json", str(out))
+    config = str(write_config(tmp_path / "tiny.yaml", tree))
+    result = sae("bench", "toy", config, "--lrs", "1e-3", "--json", str(out))
     assert result.returncode == 0, result.stderr
-    ours, theirs = json.loads(out.read_text())
-    assert ours["trainer"] == "sae (ours)" and theirs["trainer"].startswith("sae_lens")
-    assert {"mcc", "f1", "explained_variance"} <= set(ours) & set(theirs)
+    runs = json.loads(out.read_text())
+    ours = [r for r in runs if r["trainer"] == "sae (ours)"]
+    theirs = [r for r in runs if r["trainer"].startswith("sae_lens")]
+    assert {"mcc", "f1", "explained_variance"} <= set(ours[0]) & set(theirs[0])
+    # like for like: both sides at their own default and at every rate of the same sweep
+    assert [r["lr"] for r in ours] == [5e-3, 1e-3] and [r["lr"] for r in theirs] == [3e-4, 1e-3]
+    assert all(r["swept"] == (r["lr"] == 1e-3) for r in ours + theirs)
+    assert "sae (ours)     default lr" in result.stdout and "best of sweep" in result.stdout
+
+
+def test_bench_toy_rejects_a_malformed_sweep(tmp_path: Path) -> None:
+    result = sae("bench", "toy", str(write_config(tmp_path / "t.yaml", tiny_tree())), "--lrs", "fast")
+    assert result.returncode == 2 and "--lrs" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow  # the behaviour itself is tested in test_multi.py

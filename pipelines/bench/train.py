@@ -1,4 +1,5 @@
-"""`sae bench train`: our training step against SAELens's SAETrainer and against the hardware.
+"""`sae bench train`: our training step against SAELens's SAETrainer, sparsify's TopK step
+(when the `bench` extra is installed: pipelines/bench/sparsify.py) and the hardware.
 
 For each (arch, d, m, batch) both trainers step on the same pre-generated batches (drawn from
 a synthetic SAELens model with d dims), so data generation is timed on neither side. After a
@@ -12,7 +13,8 @@ cancels out in that round's ratio instead of skewing one side's median.
 Ours is the trainer's real step (`SAETraining.train_step`: forward, backward, decoder-norm
 handling, clipping, Adam, dead-latent counters); SAELens's is its own step with the matching
 TrainingSAE at its defaults (topk: TopKTrainingSAE, k as ours; relu: StandardTrainingSAE),
-float32 without autocast, its default.
+float32 without autocast, its default. sparsify has TopK only; its columns are null
+elsewhere and when it is not installed.
 
 A ReLU SAE's cost depends on how many latents fire: about half at initialisation, a few dozen
 once training has made it sparse, which is most of a run. relu rows are therefore timed at
@@ -36,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pipelines.bench.sparsify import bench_step as sparsify_step
 from sae.config import SAEEntry, SyntheticConfig, TrainConfig
 from sae.device import pick_device, uses_bf16
 from sae.io import atomic_write_json
@@ -48,7 +51,7 @@ DEFAULT_POINTS = ((128, 1024, 4096), (512, 8192, 4096))
 DEFAULT_ARCHS = ("topk", "relu")
 JSON_KEYS = (
     "arch", "d", "m", "batch", "ours_samples_per_s", "saelens_samples_per_s", "speedup",
-    "bound_samples_per_s", "bound_ratio",
+    "bound_samples_per_s", "bound_ratio", "sparsify_samples_per_s", "speedup_vs_sparsify",
 )  # fmt: skip
 TABLE = (*JSON_KEYS, "l0", "dtype")
 K = 32
@@ -120,6 +123,9 @@ def _bench_point(
     timers: dict[str, Callable[[int], None]] = {"ours": ours.step, "bound": lambda i: a @ w}
     if theirs is not None:
         timers["saelens"] = theirs
+    peer = None if point.at_init else sparsify_step(point.arch, point.d, point.m, K, batches, device)
+    if peer is not None:
+        timers["sparsify"] = peer
     for step in timers.values():
         for i in range(warmup):
             step(i)
@@ -146,6 +152,12 @@ def _bench_point(
         "speedup": round(speedup, 2),
         "bound_samples_per_s": round(point.batch / per_step["bound"], 1),
         "bound_ratio": round(_median_ratio(times["ours"], times["bound"]), 2),
+        "sparsify_samples_per_s": (
+            round(point.batch / per_step["sparsify"], 1) if peer is not None else None
+        ),
+        "speedup_vs_sparsify": (
+            round(_median_ratio(times["sparsify"], times["ours"]), 2) if peer is not None else None
+        ),
         "l0": round(ours.l0, 1),
         "dtype": "bf16" if bf16 else "fp32",
     }

@@ -14,7 +14,7 @@ Definitions follow sae_lens.synthetic.evals (a test checks agreement to 1e-4):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -84,9 +84,11 @@ class GroundTruthMetrics:
     explained_variance: float
     dead_latents: int
     shrinkage: float
+    # [d_sae] SAELens's sparsity.safetensors tensor; published, not a metrics.json number
+    log10_density: Tensor | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "log10_density"}
 
 
 class _Streaming(ReconstructionStats):
@@ -156,4 +158,5 @@ def evaluate_ground_truth(
         f1=f1,
         true_l0=stats.true_l0 / stats.rows,
         **stats.summary(),
+        log10_density=stats.log10_density(),
     )

@@ -123,14 +123,21 @@ def log10_density_histogram(log10_density: Tensor, alive: Tensor, bins: int) -> 
 
 
 @torch.no_grad()
-def evaluate_reconstruction(
+def reconstruction_stats(
     sae: Dictionary, batches: Iterable[Tensor], input_scale: float = 1.0
-) -> dict[str, float | int]:
-    """Metrics of `sae` (trained on inputs multiplied by `input_scale`) on `batches`."""
+) -> ReconstructionStats:
+    """The sums over `batches` of `sae` (trained on inputs multiplied by `input_scale`)."""
     stats = ReconstructionStats(sae.W_dec.shape[0])
     device = sae.W_dec.device
     for batch in batches:
         x = batch.float()
         latents = sae.encode(x.to(device) * input_scale)
         stats.add(x, sae.decode(latents).cpu().double() / input_scale, latents.cpu())
-    return stats.summary()
+    return stats
+
+
+def evaluate_reconstruction(
+    sae: Dictionary, batches: Iterable[Tensor], input_scale: float = 1.0
+) -> dict[str, float | int]:
+    """Metrics of `sae` (trained on inputs multiplied by `input_scale`) on `batches`."""
+    return reconstruction_stats(sae, batches, input_scale).summary()

@@ -33,7 +33,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from sae.config import EvalConfig
 from sae.errors import ConfigError, DataError
@@ -41,6 +40,7 @@ from sae.evaluation.browser import build_feature_browser, choose_latents
 from sae.evaluation.monosemanticity import DetectorCounts, mean_f1
 from sae.evaluation.reconstruction import ReconstructionStats, log10_density_histogram
 from sae.models import SparseAutoencoder
+from sae.progress import progress_iter
 from sae.sources.model_activations import LMSource
 from sae.sources.text import GENERATED
 
@@ -217,9 +217,8 @@ def evaluate_lm(
     was_training = sae.training
     sae.eval()
     try:
-        for start in tqdm(
-            windows.batches(step), desc="evaluate", unit="batch", disable=None if progress else True
-        ):
+        batch_starts = windows.batches(step)
+        for start in progress_iter(batch_starts, len(batch_starts), "evaluate", "batch", progress):
             part = slice(start, start + step)
             batches.run(
                 windows.tokens[part],

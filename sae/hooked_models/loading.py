@@ -14,10 +14,12 @@ the run with one line.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import SafetensorError
 
 from sae.device import pick_device
 from sae.errors import ConfigError, UserError, first_line
@@ -28,6 +30,10 @@ if TYPE_CHECKING:
     from sae.config import LMConfig
 
 BUNDLED = "bundled"
+LOAD_ERRORS = (
+    OSError, ValueError, TypeError, KeyError, AttributeError, NotImplementedError, RuntimeError,
+    SafetensorError,
+)  # fmt: skip
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -82,8 +88,14 @@ def load_language_model(cfg: LMConfig) -> LanguageModel:
         if cfg.backend == "hf":
             return _load_hf(cfg.model, directory, device, dtype)
         return _load_transformer_lens(cfg.model, directory, device, dtype)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load model '{cfg.model}': {first_line(error)}") from None
+    except LOAD_ERRORS as error:
+        # TransformerLens converts each architecture by hand; what it does not know surfaces as
+        # whatever its converter trips on (TypeError, KeyError, NotImplementedError, ...)
+        hint = "; backend hf reads any causal LM" if cfg.backend == "transformer_lens" else ""
+        raise UserError(
+            f"cannot load model '{cfg.model}' with backend {cfg.backend}: "
+            f"{type(error).__name__}: {first_line(error)}{hint}"
+        ) from None
 
 
 def _load_hf(
@@ -122,7 +134,7 @@ def _transformer_lens_from_directory(directory: Path, device: torch.device, dtyp
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = str(directory)
-    cfg = loading.get_pretrained_model_config(path, fold_ln=False, device=device, dtype=dtype)
+    cfg = _transformer_lens_config(directory, device, dtype)
     hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     state_dict = loading.get_pretrained_state_dict(path, cfg, hf_model, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -136,3 +148,28 @@ def _transformer_lens_from_directory(directory: Path, device: torch.device, dtyp
     )
     model.move_model_modules_to_device()
     return model
+
+
+def _transformer_lens_config(directory: Path, device: torch.device, dtype: torch.dtype):
+    """TransformerLens's config for a local checkpoint.
+
+    TransformerLens reads GPT-2's context length from `n_ctx`, which transformers 5 no longer
+    writes to config.json (only `n_positions`, the same number). For such a checkpoint the
+    conversion reads a copy of its config with n_ctx restored: a config.json alone in a
+    temporary folder of the same name, since the weights come from the loaded HF model.
+    """
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoConfig
+
+    def convert(path: Path):
+        return loading.get_pretrained_model_config(str(path), fold_ln=False, device=device, dtype=dtype)
+
+    hf_config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    positions = getattr(hf_config, "n_positions", None)
+    if positions is None or getattr(hf_config, "n_ctx", None) is not None:
+        return convert(directory)
+    hf_config.n_ctx = positions
+    with tempfile.TemporaryDirectory() as tmp:
+        view = Path(tmp) / directory.resolve().name  # TransformerLens names the model after it
+        hf_config.save_pretrained(view)
+        return convert(view)

@@ -21,7 +21,7 @@ TRAINING_CHARTS = (
     ("loss", ("loss", "mse"), True),
     ("L0 (active latents per row)", ("l0",), False),
     ("explained variance (training batch)", ("explained_variance",), False),
-    ("dead latents (fraction)", ("dead_fraction",), False),
+    ("dead latents (fraction, training window)", ("dead_fraction",), False),
 )
 
 
@@ -73,7 +73,25 @@ def _config_line(metrics: dict[str, Any]) -> str:
     return escape(" · ".join(parts))
 
 
-def _training(log: list[dict[str, Any]]) -> str:
+def _dead_note(metrics: dict[str, Any]) -> str:
+    """Training and evaluation call different latents dead; say how each counts, so that a
+    dead fraction of 0.004 next to 99 of 1024 dead reads as two windows, not a contradiction."""
+    config = metrics.get("config") or {}
+    window = (config.get("train") or {}).get("dead_window_samples")
+    rows = (config.get("eval") or {}).get("samples")
+    if window is None or rows is None:
+        return ""
+    return (
+        f"<p>Dead latents are counted over two windows. Training's dead fraction: latents that "
+        f"have not fired in the last {window:,} training samples (train.dead_window_samples), "
+        f"the ones its dead-latent remedy works on. Evaluation's dead_latents: latents that "
+        f"never fired on its {rows:,} evaluation rows (eval.samples). A latent that fires "
+        f"rarely is alive in the first and dead in the second when the evaluation is shorter."
+        f"</p>"
+    )
+
+
+def _training(log: list[dict[str, Any]], metrics: dict[str, Any] | None = None) -> str:
     steps = [r.get("step", i) for i, r in enumerate(log)]
     charts = []
     for title, keys, log_y in TRAINING_CHARTS:
@@ -84,13 +102,14 @@ def _training(log: list[dict[str, Any]]) -> str:
         ]
         if series:
             charts.append(line_chart(title, series, "step", title.split(" (")[0], log_y=log_y))
-    return _section("Training", "".join(charts), "training")
+    return _section("Training", "".join(charts) + _dead_note(metrics or {}), "training")
 
 
 def _density(histogram: dict[str, list], metrics: dict[str, Any]) -> str:
     note = (
         f"<p>{metrics.get('dead_latents', '?')} dead latents (never fired on the evaluation "
-        f"tokens) are not in the histogram; {metrics.get('dense_latents', '?')} are dense.</p>"
+        f"tokens, a different window from training's dead fraction: see Training) are not in "
+        f"the histogram; {metrics.get('dense_latents', '?')} are dense.</p>"
     )
     chart = histogram_chart(
         "feature density (alive latents)", histogram["edges"], histogram["counts"], "log10 density"
@@ -192,7 +211,7 @@ def render(run: RunData) -> str:
     if metrics:
         sections.append(_section("Results", _summary(metrics), "results"))
     if run.log:
-        sections.append(_training(run.log))
+        sections.append(_training(run.log, metrics))
     histogram = metrics.get("log10_density_histogram")
     if isinstance(histogram, dict) and histogram.get("counts"):
         sections.append(_density(histogram, metrics))

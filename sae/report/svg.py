@@ -11,9 +11,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 
+from sae.tables import significant
+
 WIDTH, HEIGHT = 440, 250
 LEFT, RIGHT, TOP, BOTTOM = 58, WIDTH - 14, 28, HEIGHT - 42  # the plot area
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+LEGEND_ROW, LEGEND_CHAR_WIDTH = 16, 6.2  # px; 11px legend text is about 6 px per character
 MAX_POINTS = 1500  # longer series are thinned so the page stays small
 
 
@@ -29,7 +32,7 @@ def fmt(value: float, digits: int = 3) -> str:
         return "0"
     if abs(value) >= 1e4 or abs(value) < 1e-3:
         return f"{value:.{digits - 2}e}".replace("e+0", "e").replace("e-0", "e-")
-    return f"{value:.{digits}g}"
+    return significant(value, digits)
 
 
 def tick_labels(ticks: Sequence[float], label: Callable[[float, int], str]) -> list[str]:
@@ -119,10 +122,10 @@ class _Frame:
         return parts
 
 
-def _svg(title: str, parts: list[str], css_class: str) -> str:
+def _svg(title: str, parts: list[str], css_class: str, height: int = HEIGHT) -> str:
     header = (
-        f'<svg class="chart {css_class}" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
-        f'height="{HEIGHT}" role="img" xmlns="http://www.w3.org/2000/svg">'
+        f'<svg class="chart {css_class}" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" '
+        f'height="{height}" role="img" xmlns="http://www.w3.org/2000/svg">'
         f"<title>{escape(title)}</title>"
     )
     heading = tag("text", title, x=WIDTH / 2, y=17, class_="chart-title", text_anchor="middle")
@@ -176,27 +179,32 @@ def line_chart(
         py = frame.py(y)
         parts.append(tag("line", x1=LEFT, x2=RIGHT, y1=py, y2=py, class_="hline"))
         parts.append(tag("text", label, x=RIGHT - 4, y=py - 4, class_="tick", text_anchor="end"))
-    for i, (name, xs, ys) in enumerate(lines):
+    for i, (_, xs, ys) in enumerate(lines):
         color = PALETTE[i % len(PALETTE)]
         points = " ".join(
             f"{frame.px(x):.1f},{frame.py(y):.1f}" for x, y in zip(xs, ys, strict=True)
         )
         parts.append(tag("polyline", points=points, fill="none", stroke=color, stroke_width=1.6))
-        if len(lines) > 1:  # legend
-            y = TOP + 14 + 14 * i
-            parts.append(
-                tag(
-                    "line",
-                    x1=RIGHT - 90,
-                    x2=RIGHT - 74,
-                    y1=y - 4,
-                    y2=y - 4,
-                    stroke=color,
-                    stroke_width=2,
-                )
-            )
-            parts.append(tag("text", name, x=RIGHT - 70, y=y, class_="legend"))
-    return _svg(title, parts, "line-chart")
+    if len(lines) == 1:
+        return _svg(title, parts, "line-chart")
+    legend, height = _legend([name for name, _, _ in lines])
+    return _svg(title, parts + legend, "line-chart", height)
+
+
+def _legend(names: Sequence[str]) -> tuple[list[str], int]:
+    """Legend entries in rows below the x axis label, where no curve can run under them (inside
+    the plot area they covered the curves' starts); returns the parts and the chart's height."""
+    parts, x, row = [], float(LEFT), 0
+    for i, name in enumerate(names):
+        width = 24 + LEGEND_CHAR_WIDTH * len(name)
+        if x + width > RIGHT and x > LEFT:
+            x, row = float(LEFT), row + 1
+        y = HEIGHT + LEGEND_ROW * row + 8
+        color = PALETTE[i % len(PALETTE)]
+        parts.append(tag("line", x1=x, x2=x + 16, y1=y - 4, y2=y - 4, stroke=color, stroke_width=2))
+        parts.append(tag("text", name, x=x + 20, y=y, class_="legend"))
+        x += width + 12
+    return parts, HEIGHT + LEGEND_ROW * (row + 1)
 
 
 def histogram_chart(

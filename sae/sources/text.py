@@ -1,10 +1,13 @@
 """Text documents in, fixed-length context windows of token ids out.
 
 Documents come from the generated language (`dataset: generated`), from a local file (.txt:
-one document per line; .json/.jsonl/.csv/.parquet: one per row, text in `text_column`) or from
-a Hugging Face hub dataset by name, always read through `datasets.load_dataset(...,
-streaming=True)`, so local files and the hub share one code path and nothing is copied into
-a cache first.
+one document per line; .json/.jsonl/.csv/.parquet: one per row, text in `text_column`), from a
+local dataset folder (a `save_to_disk` folder, or data files laid out as on the hub: see
+sae/sources/local_datasets.py) or from a Hugging Face hub dataset by name, always streamed, so
+nothing is copied into a cache first.
+
+Pre-tokenized data (SAELens's `input_ids` column, or `text_column` naming a column of token
+ids) is taken as is: each row's ids are one document, put into windows like tokenized text.
 
 Windows follow SAELens's `concat_and_batch_sequences`: documents are tokenized without
 special tokens and concatenated, each window starts with BOS (if `prepend_bos`), and a
@@ -34,6 +37,7 @@ from torch import Tensor
 
 from sae.errors import ConfigError, DataError, first_line
 from sae.io import looks_like_local_path
+from sae.sources.local_datasets import check_dataset_folder, open_dataset_folder
 
 GENERATED = "generated"
 FILE_BUILDERS = {
@@ -44,6 +48,7 @@ FILE_BUILDERS = {
     ".csv": "csv",
     ".parquet": "parquet",
 }
+TOKENIZED_COLUMN = "input_ids"  # SAELens's name for a pre-tokenized dataset's column
 NO_DOCUMENT = -1  # doc id of positions inserted here (BOS, separators, padding)
 
 
@@ -53,6 +58,7 @@ class RawDocument:
     text: str
     labels: dict[str, list[int]] | None  # per word, for the generated language
     state: dict[str, Any]  # reader state that reads this document next
+    ids: list[int] | None = None  # pre-tokenized rows: the token ids, used instead of text
 
 
 # ---------------------------------------------------------------------------- readers
@@ -102,6 +108,8 @@ class DatasetReader(DocumentReader):
                 return datasets.load_dataset(
                     builder, data_files=str(path), split=self.split, streaming=True
                 )
+            if path.is_dir():
+                return open_dataset_folder(path, self.split, self.dataset)
             # A hub dataset by name (needs network access, or the local hub cache).
             return datasets.load_dataset(
                 self.dataset, self.config, split=self.split, streaming=True
@@ -135,21 +143,37 @@ class DatasetReader(DocumentReader):
                         f"cannot read dataset '{self.dataset}' at document {index}: {first_line(error)}"
                     ) from None
                 if mine:
-                    yield RawDocument(index, self._text(example, index), None, before)
+                    yield self._document(example, index, before)
                 index += 1
         finally:
             close = getattr(examples, "close", None)
             if close is not None:
                 close()
 
-    def _text(self, example: dict[str, Any], index: int) -> str:
-        if self.text_column not in example:
+    def _document(self, example: dict[str, Any], index: int, state: dict[str, Any]) -> RawDocument:
+        column = self.text_column
+        if column not in example and TOKENIZED_COLUMN in example:
+            column = TOKENIZED_COLUMN  # SAELens's pre-tokenized datasets
+        if column not in example:
             columns = ", ".join(example) or "none"
             raise DataError(
                 f"dataset '{self.dataset}' has no column '{self.text_column}' "
                 f"(columns: {columns}); set data.lm.text_column"
             )
-        text = example[self.text_column]
+        value = example[column]
+        if isinstance(value, list | tuple):
+            return RawDocument(index, "", None, state, self._token_ids(value, column, index))
+        return RawDocument(index, self._text(value, index), None, state)
+
+    def _token_ids(self, value: list[Any] | tuple[Any, ...], column: str, index: int) -> list[int]:
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+            raise DataError(
+                f"dataset '{self.dataset}' row {index}: column '{column}' holds a list that is "
+                "not token ids (whole numbers)"
+            )
+        return list(value)
+
+    def _text(self, text: Any, index: int) -> str:
         if text is None:
             return ""
         if not isinstance(text, str):
@@ -166,7 +190,8 @@ def check_dataset(dataset: str) -> None:
         return
     path = Path(dataset).expanduser()
     if path.is_dir():
-        raise ConfigError(f"data.lm.dataset '{dataset}' is a directory; give a file or a hub name")
+        check_dataset_folder(path, dataset)
+        return
     if path.exists():
         if path.suffix.lower() not in FILE_BUILDERS:
             known = ", ".join(sorted(FILE_BUILDERS))
@@ -233,8 +258,12 @@ class TokenWindows(Iterator[Window]):
 
     def _next_document(self) -> tuple[RawDocument, list[int], dict[str, list[int]]] | None:
         for document in self.documents:
-            encoded = self.tokenizer(document.text, add_special_tokens=False, verbose=False)
-            ids = encoded["input_ids"]
+            ids = document.ids
+            if ids is None:
+                encoded = self.tokenizer(document.text, add_special_tokens=False, verbose=False)
+                ids = encoded["input_ids"]
+            else:
+                self._check_vocabulary(document.index, ids)
             if not ids:
                 continue
             labels = document.labels or {}
@@ -246,6 +275,16 @@ class TokenWindows(Iterator[Window]):
             return document, ids, labels
         self.exhausted = True
         return None
+
+    def _check_vocabulary(self, index: int, ids: list[int]) -> None:
+        """Pre-tokenized ids from another tokenizer would index past the embedding."""
+        vocabulary = len(self.tokenizer)
+        bad = next((t for t in ids if not 0 <= t < vocabulary), None)
+        if bad is not None:
+            raise DataError(
+                f"document {index}: token id {bad} is outside the tokenizer's vocabulary "
+                f"(0..{vocabulary - 1}); was the data tokenized for another model?"
+            )
 
     def __next__(self) -> Window:
         size = self.context_size

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from torch import Tensor
-from tqdm import tqdm
 
 from sae import distributed
 from sae.config import Config, SAEEntry, TrainConfig, to_dict
@@ -38,6 +37,7 @@ from sae.errors import DataError, UserError
 from sae.io import load_state, save_state, write_failure
 from sae.memory import check_training_fits
 from sae.models import SparseAutoencoder, StepContext, TrainOutput
+from sae.progress import progress_bar, stage
 from sae.seeding import derive_seed
 from sae.sources.base import ActivationSource
 from sae.sources.prefetch import Prefetcher
@@ -438,14 +438,13 @@ class Trainer:
             )
             self.run_id = log.run_id
         archs = ",".join(sorted({training.sae.cfg.arch for training in self.trainings}))
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            disable=None if lc.progress and self.world.main else True,
-            desc=f"train {archs}" + (f" x{len(self.trainings)}" if len(self.trainings) > 1 else ""),
-            unit="step",
-            dynamic_ncols=True,
-        )
+        desc = f"train {archs}" + (f" x{len(self.trainings)}" if len(self.trainings) > 1 else "")
+        shown = lc.progress and self.world.main
+        with stage(f"{desc} ({self.total_steps - self.step:,} steps)", shown):
+            self._steps(stream, log, progress_bar(self.total_steps, desc, "step", shown, self.step))
+
+    def _steps(self, stream: BatchStream, log: TrainingLog | None, bar: Any) -> None:
+        lc = self.cfg.logging
         every = self.tc.checkpoint_every_steps
         try:
             for training in self.trainings:
@@ -477,7 +476,7 @@ class Trainer:
                 log.close()
 
     def _log(
-        self, log: TrainingLog | None, bar: tqdm, steps: list[tuple[SAETraining, Tensor, TrainOutput]]
+        self, log: TrainingLog | None, bar: Any, steps: list[tuple[SAETraining, Tensor, TrainOutput]]
     ) -> None:
         records = [
             {
@@ -496,7 +495,10 @@ class Trainer:
             return
         for record in records:
             log.log(record)
-        bar.set_postfix(mse=f"{records[0]['mse']:.4g}", l0=f"{records[0]['l0']:.1f}")
+        now = records[0]
+        bar.set_postfix(
+            loss=f"{now['loss']:.4g}", l0=f"{now['l0']:.1f}", ev=f"{now['explained_variance']:.3f}"
+        )
 
     def _prepare(self, training: SAETraining, batch: Batch) -> Tensor:
         x = training.take(batch).to(self.device, torch.float32, non_blocking=True)

@@ -34,7 +34,7 @@ class TrainingLog:
         self.run = None
         self.run_id = run_id
         if use_wandb:
-            self.run = _start_wandb(out_dir, config, project, run_id)
+            self.run = start_wandb(out_dir, config, project, run_id)
             self.run_id = self.run.id
 
     def log(self, record: dict[str, Any]) -> None:
@@ -77,7 +77,7 @@ def _drop_records_after(path: Path, step: int) -> None:
     fsync_dir(path.parent)
 
 
-def _start_wandb(out_dir: Path, config: dict[str, Any], project: str, run_id: str | None) -> Any:
+def start_wandb(out_dir: Path, config: dict[str, Any], project: str, run_id: str | None) -> Any:
     import wandb
 
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
