@@ -82,7 +82,7 @@ def _sections(model: type[BaseModel], prefix: str) -> list[tuple[str, type[BaseM
 
 def reference_markdown() -> str:
     """The reference page: every section's keys, then each architecture's own keys."""
-    from sae.models import all_architectures
+    from sae.models.registry import architecture, builtin_names
 
     parts = [INTRO]
     for title, model in _sections(Config, ""):
@@ -92,7 +92,8 @@ def reference_markdown() -> str:
         parts.append(_table(title, model.__doc__, _rows(model, f"{title}.")))
     parts.append(_table("sae (every architecture)", SAEConfig.__doc__, _rows(SAEConfig, "sae.")))
     common = set(SAEConfig.model_fields)
-    for name, cls in all_architectures().items():
+    for name in builtin_names():  # not what a notebook registered in this process
+        cls = architecture(name)
         doc = f"`sae.arch: {name}`. " + (cls.Options.__doc__ or cls.__doc__ or "").strip()
         parts.append(_table(f"sae, arch {name}", doc, _rows(cls.Options, "sae.", common)))
     return "\n".join(parts)

@@ -66,7 +66,12 @@ def test_each_architecture_declares_its_remedy_and_shown_keys() -> None:
     assert shown_keys("an-architecture-from-elsewhere") == ()
 
 
-def test_an_architecture_registered_from_outside_the_package_validates_and_trains() -> None:
+def test_an_architecture_registered_from_outside_the_package_validates_and_trains(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sae.models import registry
+
+    monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))  # undone after
     class HalfKOptions(TopKOptions):
         shown_keys: ClassVar[tuple[str, ...]] = ("k", "spare")
         spare: int = 1
