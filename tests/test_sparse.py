@@ -143,3 +143,19 @@ def test_fired_latents_are_those_with_a_non_zero_value_in_some_row() -> None:
     layout = Layout.from_pairs(torch.tensor([0, 0, 1, 2]), torch.tensor([1, 3, 3, 0]), 3, 5)
     fired = Latents(torch.tensor([0.0, 2.0, 0.0, 0.0]), layout).fired()
     assert fired.tolist() == [False, False, False, True, False]
+
+
+def test_two_encodes_on_one_layout_each_get_their_own_gradient() -> None:
+    """A top-k layout hands out the values read while choosing its pairs on every gather;
+    two differentiable encodes on it are still two autograd outputs (autograd gives each
+    output of a custom Function a tensor of its own)."""
+    x, W_enc = torch.randn(8, 6), torch.randn(6, 10, requires_grad=True)
+    b_dec, b_enc = torch.zeros(6), torch.zeros(10)
+    with torch.no_grad():
+        pre = (x - b_dec) @ W_enc + b_enc
+    layout = topk_pairs(pre, 3)
+    first = encode_at(x, b_dec, W_enc, b_enc, pre, layout)
+    second = encode_at(x, b_dec, W_enc, b_enc, pre, layout)
+    (first.sum() + 2 * second.sum()).backward()
+    expected = 3 * layout.dense(torch.ones(layout.count())).t().mm(x).t()  # d/dW of 3 * sum
+    assert torch.allclose(W_enc.grad, expected, atol=1e-5)

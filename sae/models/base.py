@@ -172,7 +172,8 @@ class SparseAutoencoder(nn.Module):
             return None
         k_aux = min(self.cfg.aux_k or self.d_in // 2, dead.numel())
         chosen = topk_pairs(pre[:, dead], k_aux)
-        return Layout.from_pairs(chosen.rows, dead[chosen.cols], pre.shape[0], self.d_sae)
+        cols = dead[chosen.cols]
+        return Layout.from_pairs(chosen.rows, cols, pre.shape[0], self.d_sae, chosen.row_offsets)
 
     def auxk_loss(
         self, x: Tensor, pre_all: Tensor, layout: Layout, recon: Tensor, group: World = LOCAL

@@ -36,14 +36,15 @@ _GROUPS_PER_K = 4
 _GROUP_WIDTHS = (4, 32)
 
 
-def _compiled(t: Tensor) -> bool:
+def _loops_take(t: Tensor) -> bool:
+    """The compiled float loops can read t's memory in place (no copy, no conversion)."""
     return t.device.type == "cpu" and t.dtype in _COMPILED_DTYPES and t.is_contiguous()
 
 
-def _selectable(t: Tensor) -> bool:
+def _selection_loops_take(t: Tensor) -> bool:
     """The selection loops also take bf16, as int16 bits (_array)."""
     bf16 = t.device.type == "cpu" and t.dtype == torch.bfloat16 and t.is_contiguous()
-    return bf16 or _compiled(t)
+    return bf16 or _loops_take(t)
 
 
 def _array(t: Tensor) -> np.ndarray:
@@ -71,8 +72,8 @@ def _row_blocks(n_rows: int) -> list[tuple[int, int]]:
     return list(zip(bounds, bounds[1:], strict=False))
 
 
-def _run(calls: list[tuple]) -> None:  # type: ignore[type-arg]
-    """Run each (kernel, *args) call, on the pool when there are several."""
+def _call_on_threads(calls: list[tuple]) -> None:  # type: ignore[type-arg]
+    """Make each (kernel, *args) call, on the pool's threads when there are several."""
     global _pool
     if len(calls) == 1:
         kernel, *args = calls[0]
@@ -87,7 +88,7 @@ def _run(calls: list[tuple]) -> None:  # type: ignore[type-arg]
 
 def _over_rows(kernel, n_rows: int, *args) -> None:  # type: ignore[no-untyped-def]
     """Run kernel(*args, start, end) over blocks of rows, one block per torch thread."""
-    _run([(kernel, *args, lo, hi) for lo, hi in _row_blocks(n_rows)])
+    _call_on_threads([(kernel, *args, lo, hi) for lo, hi in _row_blocks(n_rows)])
 
 
 # ---------------------------------------------------------------------------- top-k per row
@@ -97,12 +98,15 @@ def topk_cols(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """[rows, k] latents of the k largest entries of each row, ascending within the row, and
     their values (read in the same pass: gathered afterwards they cost a cache miss each).
 
-    Among equal values the lower latent is kept (torch.topk may keep either).
+    Among equal values the lower latent is kept (torch.topk may keep either). Three ways:
+    the scan by float order keys (_topk_rows_by_key) for rows up to _SCAN_MAX_LATENTS wide,
+    the group-wise loop (_topk_rows) for wider float32/float64 rows, and torch.topk where
+    neither applies (other devices, wide bf16 rows, k too large for 4 groups per kept latent).
     """
     n_rows, n_latents = pre.shape
     group = min(n_latents // (_GROUPS_PER_K * k), _GROUP_WIDTHS[1])
     scan = n_latents <= _SCAN_MAX_LATENTS
-    if not _selectable(pre) or group < _GROUP_WIDTHS[0] or not (scan or _compiled(pre)):
+    if not _selection_loops_take(pre) or group < _GROUP_WIDTHS[0] or not (scan or _loops_take(pre)):
         cols = pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
         return cols, pre.gather(1, cols)
     cols = torch.empty(n_rows, k, dtype=torch.int64)
@@ -121,101 +125,187 @@ def topk_cols(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
 # Up to this many latents a row is cheaper to scan whole, branch-free, for the entries above
 # the group threshold (_topk_rows_by_key) than group by group with a quadratic trim of the
 # excess (_topk_rows). Measured per 4096 rows, k=32: 10 vs 23 ms at 1024 latents, even at
-# 8192; at 16384 latents (k=64) the scan is 25% slower.
+# 8192; at 16384 latents (k=64) the scan is 25% slower. The group-wise loop earns its place
+# above that: re-measured on one thread of a loaded machine, it takes 0.5-0.67x the scan's
+# time and 0.3-0.4x torch.topk's at 16384 to 65536 latents (float32, k=32 or 64).
 _SCAN_MAX_LATENTS = 8192
 
 
 @njit(cache=True, inline="always")
 def _ceil_mid(lo, hi):  # type: ignore[no-untyped-def]  # pragma: no cover (compiled)
-    return (lo >> 1) + (hi >> 1) + ((lo | hi) & 1)  # ceil((lo + hi) / 2) without overflow
+    """ceil((lo + hi) / 2) of two integers, without overflow."""
+    return (lo >> 1) + (hi >> 1) + ((lo | hi) & 1)
+
+
+@njit(cache=True, inline="always")
+def _float_order_keys(row, keys):  # type: ignore[no-untyped-def]  # pragma: no cover (compiled)
+    """keys[j]: an integer that orders as the float whose bits are row[j].
+
+    row: (n_latents,) a float row's bits as signed integers of its width (int16 for bf16,
+    int32, int64); keys: (n_latents,) the same dtype, written.
+
+    A float is sign and magnitude. Two non-negative floats order as their bits do, read as
+    signed integers. A negative float's bits read as a negative integer, but the larger its
+    magnitude (the more negative the float) the larger that integer: the order is reversed.
+    Flipping every bit but the sign of the negatives reverses it back and keeps them below the
+    non-negatives. `b >> sign` (arithmetic) is all ones for a negative and zero otherwise, so
+    `b ^ ((b >> sign) & low)` flips exactly the negatives' low bits, branch-free. The order is
+    -NaN < -inf < ... < -0 < +0 < ... < +inf < +NaN: a positive NaN ranks above +inf, as
+    torch.topk ranks NaN, and -0 just below +0. Integer keys make the bisections below exact:
+    one candidate value per bit of the width, 16, 32 or 64 rounds at most.
+    """
+    sign = row.dtype.type(row.itemsize * 8 - 1)
+    low = ~(row.dtype.type(1) << sign)  # every bit but the sign
+    for j in range(row.shape[0]):
+        b = row[j]
+        keys[j] = b ^ ((b >> sign) & low)
+
+
+@njit(cache=True, inline="always")
+def _strided_group_maxima(keys, gmax):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """gmax[g] = max(keys[g], keys[g + G], keys[g + 2G], ...) for G = len(gmax).
+
+    keys: (n_latents,); gmax: (G,) the same dtype, G <= n_latents, written. The groups are
+    strided, not contiguous, so each pass is elementwise over two contiguous slices and
+    vectorises.
+    """
+    n_latents, n_groups = keys.shape[0], gmax.shape[0]
+    for g in range(n_groups):
+        gmax[g] = keys[g]
+    for base in range(n_groups, n_latents, n_groups):
+        for g in range(min(n_groups, n_latents - base)):
+            gmax[g] = max(gmax[g], keys[base + g])
+
+
+@njit(cache=True, inline="always")
+def _count_at_least(a, t):  # type: ignore[no-untyped-def]  # pragma: no cover (compiled)
+    """Number of entries of `a` (1-d) that are >= t: one branch-free pass."""
+    n = 0
+    for i in range(a.shape[0]):
+        n += a[i] >= t
+    return n
+
+
+@njit(cache=True, inline="always")
+def _group_cutoff(gmax, k, guess, use_guess):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """A key t with at least k group maxima >= t, and not many more (k + k/4 where the
+    bisection may stop early): then the row has at least k keys >= t, so its k largest are
+    all >= t, and only the few keys >= t need ranking.
+
+    gmax: (G,) group maxima, G >= k. guess: a key to try first (the previous row's t, when
+    use_guess): rows of a batch are alike, so it often ends the bisection in one round, and
+    otherwise narrows it.
+    """
+    lo, hi = gmax.min(), gmax.max()  # >= lo: all G >= k; >= hi: at least one
+    if use_guess and lo < guess <= hi:
+        c = _count_at_least(gmax, guess)
+        if c >= k:
+            lo = guess
+            hi = lo if c <= k + k // 4 else hi
+        else:
+            hi = guess - 1
+    while lo < hi:
+        mid = _ceil_mid(lo, hi)
+        c = _count_at_least(gmax, mid)
+        if c >= k:
+            lo = mid
+            if c <= k + k // 4:
+                break
+        else:
+            hi = mid - 1
+    return lo
+
+
+@njit(cache=True, inline="always")
+def _candidates(keys, t, cand):  # type: ignore[no-untyped-def]  # pragma: no cover (compiled)
+    """cand[:n] = the latents whose key is >= t, ascending; returns n.
+
+    keys: (n_latents,); cand: (n_latents,) int64, written."""
+    n = 0
+    for j in range(keys.shape[0]):
+        cand[n] = j  # written always, kept if >= t: no branch to mispredict
+        n += keys[j] >= t
+    return n
+
+
+@njit(cache=True, inline="always")
+def _kth_key(keys, cand, n, k):  # type: ignore[no-untyped-def]  # pragma: no cover (compiled)
+    """A key T among the n >= k candidates with exactly k of their keys >= T, or else T is
+    the k-th largest of their keys (ties at T make more than k >= T).
+
+    keys: (n_latents,); cand: (>= n,) int64 latents, the first n of them used."""
+    lo, hi = keys[cand[0]], keys[cand[0]]
+    for i in range(1, n):
+        lo = min(lo, keys[cand[i]])
+        hi = max(hi, keys[cand[i]])
+    while lo < hi:
+        mid = _ceil_mid(lo, hi)
+        c = 0
+        for i in range(n):
+            c += keys[cand[i]] >= mid
+        if c >= k:
+            lo = mid
+            if c == k:
+                break
+        else:
+            hi = mid - 1
+    return lo
+
+
+@njit(cache=True, inline="always")
+def _write_top(row, keys, cand, n, kth, k, cols_out, values_out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Write the k candidates with the largest keys, latents ascending: every key above
+    `kth` (_kth_key), then of the keys equal to it the lowest latents.
+
+    row: (n_latents,) what values are copied from; keys: (n_latents,); cand: (>= n,) int64;
+    cols_out: (k,) int64 and values_out: (k,) row's dtype, written."""
+    above = 0
+    for i in range(n):
+        above += keys[cand[i]] > kth
+    ties = k - above
+    m = 0
+    for i in range(n):
+        j = cand[i]
+        key = keys[j]
+        if key > kth or (key == kth and ties > 0):
+            ties -= key == kth
+            cols_out[m] = j
+            values_out[m] = row[j]
+            m += 1
 
 
 @njit(nogil=True, cache=True)
 def _topk_rows_by_key(pre, bits, k, n_groups, cols_out, values_out, start, end):  # pragma: no cover
-    """_topk_rows on integer keys ordered as the floats are (a positive NaN above +inf, as
-    torch.topk has it), so both bisections below are exact and end within 16, 32 or 64 rounds.
-    `pre` is what the values are copied from: the floats, or for bf16 the bits themselves."""
+    """The k largest entries of each row in [start, end), by float order keys.
+
+    pre: (A, n_latents) what the values are copied from (the floats, or for bf16 the int16
+    bits themselves); bits: (A, n_latents) the same memory as signed integers of its width;
+    cols_out: (A, k) int64 and values_out: (A, k) pre's dtype, rows [start, end) written, latents
+    ascending within a row. k <= n_groups <= n_latents.
+
+    Per row: keys that order as the floats (_float_order_keys); the maxima of n_groups groups;
+    a cutoff with a few more than k group maxima above it, which every one of the k largest
+    entries clears; the latents that clear it (candidates); the k-th largest key among them;
+    and the k largest written out, ties going to the lower latent.
+    """
     n_latents = pre.shape[1]
-    sign = bits.dtype.type(bits.itemsize * 8 - 1)
-    low = ~(bits.dtype.type(1) << sign)
     keys = np.empty(n_latents, dtype=bits.dtype)
     gmax = np.empty(n_groups, dtype=bits.dtype)
     cand = np.empty(n_latents, dtype=np.int64)
-    guess = bits.dtype.type(0)
+    cutoff = bits.dtype.type(0)
     for r in range(start, end):
-        row = bits[r]
-        for j in range(n_latents):
-            b = row[j]
-            keys[j] = b ^ ((b >> sign) & low)
-        # maxima of the strided groups {g, g + G, ...}: elementwise over contiguous slices
-        for g in range(n_groups):
-            gmax[g] = keys[g]
-        for base in range(n_groups, n_latents, n_groups):
-            for g in range(min(n_groups, n_latents - base)):
-                gmax[g] = max(gmax[g], keys[base + g])
-        # t with at least k (not many more) group maxima >= t: the k largest are all >= t.
-        # Rows of a batch are alike, so the previous row's t is tried first: it often ends
-        # the bisection in one round, and otherwise narrows it.
-        lo, hi = gmax.min(), gmax.max()
-        if r > start and lo < guess <= hi:
-            c = 0
-            for g in range(n_groups):
-                c += gmax[g] >= guess
-            if c >= k:
-                lo = guess
-                hi = lo if c <= k + k // 4 else hi
-            else:
-                hi = guess - 1
-        while lo < hi:
-            mid = _ceil_mid(lo, hi)
-            c = 0
-            for g in range(n_groups):
-                c += gmax[g] >= mid
-            if c >= k:
-                lo = mid
-                if c <= k + k // 4:
-                    break
-            else:
-                hi = mid - 1
-        guess = lo
-        n = 0
-        for j in range(n_latents):
-            cand[n] = j  # written always, kept if >= t: no branch to mispredict
-            n += keys[j] >= lo
-        # T among the candidates: exactly k keys >= T, or T is the k-th largest key
-        lo, hi = keys[cand[0]], keys[cand[0]]
-        for i in range(1, n):
-            lo = min(lo, keys[cand[i]])
-            hi = max(hi, keys[cand[i]])
-        while lo < hi:
-            mid = _ceil_mid(lo, hi)
-            c = 0
-            for i in range(n):
-                c += keys[cand[i]] >= mid
-            if c >= k:
-                lo = mid
-                if c == k:
-                    break
-            else:
-                hi = mid - 1
-        above = 0
-        for i in range(n):
-            above += keys[cand[i]] > lo
-        ties = k - above  # of the keys equal to T, the lowest latents are kept
-        m = 0
-        for i in range(n):
-            j = cand[i]
-            key = keys[j]
-            if key > lo or (key == lo and ties > 0):
-                ties -= key == lo
-                cols_out[r, m] = j
-                values_out[r, m] = pre[r, j]
-                m += 1
+        _float_order_keys(bits[r], keys)
+        _strided_group_maxima(keys, gmax)
+        cutoff = _group_cutoff(gmax, k, cutoff, r > start)
+        n = _candidates(keys, cutoff, cand)
+        kth = _kth_key(keys, cand, n, k)
+        _write_top(pre[r], keys, cand, n, kth, k, cols_out[r], values_out[r])
 
 
 @njit(cache=True)
 def _loose_kth_largest(a: np.ndarray, k: int) -> float:  # pragma: no cover (compiled)
-    """A value t with at least k, and not many more than k, entries of `a` >= t.
+    """A value t with at least k, and not many more than k, entries of `a` >= t. a: (G,)
+    floats, G >= k.
 
     Bisection on the value: each round is one branch-free counting pass, cheaper than the
     data-dependent swaps of an exact selection. Stops within k + k/4 entries.
@@ -237,16 +327,14 @@ def _loose_kth_largest(a: np.ndarray, k: int) -> float:  # pragma: no cover (com
     return lo
 
 
-@njit(cache=True, inline="always")
-def _count_at_least(a: np.ndarray, t: float) -> int:  # pragma: no cover (compiled)
-    n = 0
-    for i in range(a.shape[0]):
-        n += a[i] >= t
-    return n
-
-
 @njit(nogil=True, cache=True)
 def _topk_rows(pre, k, group, cols_out, values_out, start, end):  # pragma: no cover (compiled)
+    """The k largest entries of each row in [start, end), group by group (wide float rows).
+
+    pre: (A, n_latents) float32/float64; group: latents per contiguous group, with at least
+    k groups; cols_out: (A, k) int64 and values_out: (A, k) pre's dtype, rows [start, end)
+    written, latents ascending within a row.
+    """
     n_latents = pre.shape[1]
     n_groups = (n_latents + group - 1) // group
     gmax = np.empty(n_groups, dtype=pre.dtype)
@@ -291,7 +379,7 @@ def _topk_rows(pre, k, group, cols_out, values_out, start, end):  # pragma: no c
 
 def count_above(pre: Tensor, threshold: Tensor) -> Tensor:
     """[rows] number of entries with pre > threshold (threshold: [latents])."""
-    if not _selectable(pre):
+    if not _selection_loops_take(pre):
         return (pre > threshold).sum(-1)
     counts = torch.empty(pre.shape[0], dtype=torch.int64)
     _over_rows(_count_above, pre.shape[0], _array(pre), _as_array(threshold, pre), counts.numpy())
@@ -301,7 +389,7 @@ def count_above(pre: Tensor, threshold: Tensor) -> Tensor:
 def pairs_above(pre: Tensor, threshold: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(rows, cols, values) where pre > threshold, row-major; `counts` from count_above.
     The values come from the same pass: gathered afterwards they cost a cache miss each."""
-    if not _selectable(pre):
+    if not _selection_loops_take(pre):
         rows, cols = (pre > threshold).nonzero().unbind(1)
         return rows, cols, pre[rows, cols]
     starts = counts.cumsum(0) - counts
@@ -328,7 +416,8 @@ def _as_array(threshold: Tensor, pre: Tensor) -> np.ndarray:
 
 def _widen(row, scratch):  # type: ignore[no-untyped-def]
     """A row as floats: itself, or bf16 bits (int16) widened into `scratch` (float32), one
-    vectorised pass (compiled: the overload below)."""
+    vectorised pass (compiled: the overload below). row: (m,) float32/float64 or int16 bits;
+    scratch: (m,) float32, written for bf16 only."""
     return row
 
 
@@ -348,6 +437,10 @@ def _widen_overload(row, scratch):  # type: ignore[no-untyped-def]  # pragma: no
 
 @njit(nogil=True, cache=True)
 def _count_above(pre, threshold, counts, start, end):  # pragma: no cover (compiled)
+    """counts[r] = number of j with pre[r, j] > threshold[j], for rows r in [start, end).
+
+    pre: (A, m) float32/float64, or int16 bf16 bits (widened, _widen); threshold: (m,) pre's
+    float dtype (float32 for bf16, _as_array); counts: (A,) int64, rows [start, end) written."""
     scratch = np.empty(pre.shape[1], dtype=np.float32)
     for r in range(start, end):
         row = _widen(pre[r], scratch)
@@ -359,6 +452,11 @@ def _count_above(pre, threshold, counts, start, end):  # pragma: no cover (compi
 
 @njit(nogil=True, cache=True)
 def _pairs_above(pre, threshold, starts, rows, cols, values, start, end):  # pragma: no cover
+    """The pairs (r, j) with pre[r, j] > threshold[j] of rows [start, end), row-major.
+
+    pre, threshold: as _count_above; starts: (A,) int64, where row r's pairs begin (the
+    exclusive cumsum of _count_above's counts); rows, cols: (nnz,) int64 and values: (nnz,)
+    pre's dtype, written at [starts[r], starts[r] + count of row r)."""
     found = np.empty(pre.shape[1], dtype=np.int64)
     scratch = np.empty(pre.shape[1], dtype=np.float32)
     for r in range(start, end):
@@ -391,6 +489,10 @@ def order_by_latent(cols: Tensor, n_latents: int) -> tuple[Tensor, Tensor]:
 
 @njit(cache=True)
 def _counting_sort(cols, next_slot, order):  # pragma: no cover (compiled)
+    """order: the pairs grouped by latent, stably (pair order kept within a latent).
+
+    cols: (nnz,) int64 latent of each pair; next_slot: (m,) int64, where each latent's run
+    starts in `order` (consumed: advanced as pairs are placed); order: (nnz,) int64, written."""
     for i in range(cols.shape[0]):
         c = cols[i]
         order[next_slot[c]] = i
@@ -403,7 +505,7 @@ def _counting_sort(cols, next_slot, order):  # pragma: no cover (compiled)
 def pair_dots(a: Tensor, b: Tensor, rows: Tensor, cols: Tensor, row_offsets: Tensor) -> Tensor:
     """For every pair p: a[rows[p]] . b[cols[p]] (a: [n_rows, d], b: [n_latents, d]); pairs
     in row-major order, row r's starting at row_offsets[r]."""
-    if not (_compiled(a) and _compiled(b) and a.dtype == b.dtype):
+    if not (_loops_take(a) and _loops_take(b) and a.dtype == b.dtype):
         return _pair_dots_torch(a, b, rows, cols)
     out = torch.empty(cols.numel(), dtype=a.dtype)
     _over_rows(
@@ -429,6 +531,10 @@ def _pair_dots_torch(a: Tensor, b: Tensor, rows: Tensor, cols: Tensor) -> Tensor
 # compiler) the loop stays scalar, 2-3x slower.
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def _pair_dots(a, b, row_offsets, cols, out, start, end):  # pragma: no cover (compiled)
+    """out[p] = a[row of p] . b[cols[p]] for the pairs of rows [start, end).
+
+    a: (A, d); b: (m, d), a's dtype; row_offsets: (A,) int64, where row r's pairs begin;
+    cols: (nnz,) int64, pairs row-major; out: (nnz,) a's dtype, those rows' pairs written."""
     n_rows = a.shape[0]
     n_pairs = cols.shape[0]
     for r in range(start, end):
@@ -438,7 +544,9 @@ def _pair_dots(a, b, row_offsets, cols, out, start, end):  # pragma: no cover (c
 
 @njit(cache=True, inline="always", fastmath={"reassoc", "contract"})
 def _row_dots(x, b, cols, first, stop, out):  # pragma: no cover (compiled)
-    """out[p] = x . b[cols[p]] for the pairs [first, stop) of one row."""
+    """out[p] = x . b[cols[p]] for the pairs [first, stop) of one row.
+
+    x: (d,); b: (m, d); cols: (nnz,) int64; out: (nnz,), [first, stop) written."""
     zero = out.dtype.type(0)
     for p in range(first, stop):
         y = b[cols[p]]
@@ -470,7 +578,7 @@ def sums_per_latent(
     The output is written in random order, so this pays while it stays in a core's cache:
     measured 10% faster training steps at [1024, 128] (512 KiB), 15% slower at [8192, 512].
     """
-    if not (_compiled(rows_of) and _compiled(weights) and rows_of.dtype == weights.dtype):
+    if not (_loops_take(rows_of) and _loops_take(weights) and rows_of.dtype == weights.dtype):
         return None
     if n_latents * rows_of.shape[1] * rows_of.element_size() > _SCATTER_MAX_BYTES:
         return None
@@ -478,7 +586,7 @@ def sums_per_latent(
     out = torch.empty(len(blocks), n_latents, rows_of.shape[1], dtype=rows_of.dtype)
     sums = torch.empty(len(blocks), n_latents, dtype=rows_of.dtype)
     inputs = [t.detach().numpy() for t in (rows_of, weights, row_offsets, cols)]
-    _run(
+    _call_on_threads(
         [
             (_sums_per_latent, *inputs, out[i].numpy(), sums[i].numpy(), lo, hi)
             for i, (lo, hi) in enumerate(blocks)
@@ -489,6 +597,11 @@ def sums_per_latent(
 
 @njit(nogil=True, cache=True)
 def _sums_per_latent(rows_of, weights, row_offsets, cols, out, sums, start, end):  # pragma: no cover
+    """out[j] = sum of weights[p] * rows_of[row of p] and sums[j] = sum of weights[p] over the
+    pairs p of latent j in rows [start, end), added in row-major order.
+
+    rows_of: (A, d); weights: (nnz,) rows_of's dtype; row_offsets: (A,) int64; cols: (nnz,)
+    int64, pairs row-major; out: (m, d) and sums: (m,) rows_of's dtype, zeroed then written."""
     n_rows, d = rows_of.shape
     n_pairs = cols.shape[0]
     out[:] = 0
@@ -509,7 +622,7 @@ def _sums_per_latent(rows_of, weights, row_offsets, cols, out, sums, start, end)
 
 
 def decode_error_applies(values: Tensor, W: Tensor, b: Tensor, x: Tensor) -> bool:
-    return all(_compiled(t) and t.dtype == x.dtype for t in (values, W, b, x))
+    return all(_loops_take(t) and t.dtype == x.dtype for t in (values, W, b, x))
 
 
 def decode_error(
@@ -531,6 +644,11 @@ def decode_error(
 
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
 def _decode_error(values, W, b, x, row_offsets, cols, recon, diff, sq, dots, start, end):  # pragma: no cover
+    """decode_error's outputs for rows [start, end).
+
+    values: (nnz,); W: (m, d); b: (d,); x: (A, d); row_offsets: (A,) int64; cols: (nnz,)
+    int64, pairs row-major; all floats of x's dtype. Written: recon, diff: (A, d) and sq: (A,)
+    at those rows, dots: (nnz,) at their pairs."""
     n_rows, d = x.shape
     n_pairs = cols.shape[0]
     zero = x.dtype.type(0)

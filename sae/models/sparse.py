@@ -17,8 +17,10 @@ a compiled loop (kernels.py), so nothing of size [rows, latents] is made after t
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from functools import cached_property
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,142 +37,96 @@ ALL = slice(None)
 DENSE_ABOVE = 0.1
 
 
-@dataclass
-class Layout:
-    """Where one batch's latent values sit: index pairs (sparse), or a dense matrix.
+@dataclass(frozen=True, eq=False)
+class Layout(ABC):
+    """Where one batch's latent values sit. Three kinds, one class each:
 
-    A dense layout has a mask when the activation would otherwise let unselected entries
-    through (top-k), and none when it zeroes them itself: an activation that selects by
-    "pre > threshold" hands that over (`above`), so counting the pairs is one cheap pass and
-    listing them (`to_sparse`) waits until the density has decided the layout of the step.
+    - `PairLayout` (sparse): the selected (row, latent) pairs, values a [nnz] vector.
+    - `DenseLayout`: values a [rows, latents] matrix, with a mask of the selected entries
+      where the activation would otherwise let others through (top-k), or none.
+    - `ThresholdLayout`: a dense layout that selects by "pre > threshold". Counting its
+      pairs is one cheap pass, and listing them (`to_sparse`) waits until the density has
+      decided the layout of the step.
+
+    A layout never changes once made; what it derives (row counts, pairs grouped by latent) is
+    computed on first use and kept (cached properties).
     """
 
     n_rows: int
     n_latents: int
-    rows: Tensor | None = None  # [nnz] int64, non-decreasing (row-major order)
-    cols: Tensor | None = None  # [nnz] int64, ascending within a row
-    mask: Tensor | None = None  # [n_rows, n_latents] bool: a dense layout's selected entries
-    above: tuple[Tensor, Tensor] | None = None  # (pre, threshold [n_latents]): pre > threshold
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    sparse: ClassVar[bool]
 
-    @classmethod
-    def from_pairs(cls, rows: Tensor, cols: Tensor, n_rows: int, n_latents: int) -> Layout:
-        return cls(n_rows, n_latents, rows=rows, cols=cols)
+    @staticmethod
+    def from_pairs(
+        rows: Tensor, cols: Tensor, n_rows: int, n_latents: int, row_offsets: Tensor | None = None
+    ) -> PairLayout:
+        """Pairs in row-major order; `row_offsets` where the caller knows them already."""
+        if row_offsets is None:
+            counts = torch.bincount(rows, minlength=n_rows)
+            row_offsets = counts.cumsum(0) - counts
+        return PairLayout(n_rows, n_latents, rows, cols, row_offsets)
 
-    @classmethod
-    def from_mask(cls, mask: Tensor) -> Layout:
-        return cls(mask.shape[0], mask.shape[1], mask=mask)
+    @staticmethod
+    def from_mask(mask: Tensor) -> DenseLayout:
+        return DenseLayout(mask.shape[0], mask.shape[1], mask)
 
-    @classmethod
-    def from_threshold(cls, pre: Tensor, threshold: Tensor | float, masked: bool = False) -> Layout:
+    @staticmethod
+    def from_threshold(
+        pre: Tensor, threshold: Tensor | float, masked: bool = False
+    ) -> ThresholdLayout:
         """The pairs where pre > threshold (a number, or one per latent). `masked`: the
         activation does not zero the other entries itself, so a dense layout needs the mask."""
         threshold = torch.as_tensor(threshold, dtype=pre.dtype, device=pre.device)
         threshold = threshold.expand(pre.shape[1])
         mask = pre > threshold if masked else None
-        return cls(pre.shape[0], pre.shape[1], mask=mask, above=(pre, threshold))
+        return ThresholdLayout(pre.shape[0], pre.shape[1], mask, pre, threshold)
+
+    # ------------------------------------------------------------------ each kind says
 
     @property
-    def sparse(self) -> bool:
-        return self.rows is not None
-
-    @property
+    @abstractmethod
     def latent(self) -> LatentIndex:
-        return self.cols if self.cols is not None else ALL
+        """Indexes per-latent parameters: the pairs' latents, or ALL to broadcast."""
 
+    @abstractmethod
     def count(self) -> int:
-        if self.rows is not None:
-            return self.rows.numel()
-        if self.above is None:
-            return int(self.mask.sum())
-        return int(self._row_counts().sum())
+        """Number of selected pairs."""
+
+    @abstractmethod
+    def to_sparse(self) -> PairLayout:
+        """The same selection as (row, latent) pairs."""
+
+    @abstractmethod
+    def to_dense(self) -> DenseLayout:
+        """The same selection as a dense layout."""
+
+    @abstractmethod
+    def gather(self, dense: Tensor) -> Tensor:
+        """Values of a [rows, latents] matrix at this layout's positions (no masking if dense)."""
+
+    @abstractmethod
+    def apply_mask(self, acts: Tensor) -> Tensor:
+        """Zero what the selection left out, where the activation has not done so itself."""
+
+    @abstractmethod
+    def restrict(self, values: Tensor, start: int, end: int) -> tuple[Tensor, Layout]:
+        """The values and layout of latents [start, end) only (matryoshka prefixes)."""
+
+    @abstractmethod
+    def weighted_sum(self, values: Tensor, per_latent: Tensor) -> Tensor:
+        """The sum over pairs of value * per_latent[its latent]."""
+
+    @abstractmethod
+    def dense(self, values: Tensor) -> Tensor:
+        """The [rows, latents] matrix of the values (zero elsewhere)."""
+
+    # ------------------------------------------------------------------ the same for every kind
 
     def density(self) -> float:
         return self.count() / max(1, self.n_rows * self.n_latents)
 
-    def to_sparse(self) -> Layout:
-        if self.sparse:
-            return self
-        if self.above is None:
-            rows, cols = self.mask.nonzero().unbind(1)  # row-major, as the kernels expect
-            return Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
-        counts = self._row_counts()
-        rows, cols, values = kernels.pairs_above(*self.above, counts)
-        layout = Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
-        layout.keep_values(self.above[0], values)
-        layout._cache["row_offsets"] = counts.cumsum(0) - counts  # known: no bincount
-        return layout
-
-    def to_dense(self) -> Layout:
-        if not self.sparse:
-            return self
-        mask = torch.zeros(self.n_rows * self.n_latents, dtype=torch.bool, device=self.rows.device)
-        mask[self.flat_index()] = True
-        return Layout.from_mask(mask.view(self.n_rows, self.n_latents))
-
-    def _row_counts(self) -> Tensor:
-        if "row_counts" not in self._cache:
-            self._cache["row_counts"] = kernels.count_above(*self.above)
-        return self._cache["row_counts"]
-
-    def flat_index(self) -> Tensor:
-        """Position of each pair in the flattened [rows, latents] matrix."""
-        if "flat" not in self._cache:
-            self._cache["flat"] = self.rows * self.n_latents + self.cols
-        return self._cache["flat"]
-
-    def apply_mask(self, acts: Tensor) -> Tensor:
-        """Zero what the selection left out, where the activation has not done so itself."""
-        return acts * self.mask if self.mask is not None else acts
-
-    def keep_values(self, dense: Tensor, values: Tensor) -> None:
-        """Remember `dense`'s values at the pairs, read while the pairs were chosen, so that
-        gather(dense) need not read them again."""
-        self._cache["gathered"] = (dense, dense._version, values)
-
-    def gather(self, dense: Tensor) -> Tensor:
-        """Values of a [rows, latents] matrix at this layout's positions (no masking if dense)."""
-        if not self.sparse:
-            return dense
-        # Read while the pairs were listed, from this very matrix; handed out once, so no two
-        # callers (autograd outputs) share one tensor.
-        gathered = self._cache.pop("gathered", None)
-        if gathered is not None and gathered[0] is dense and gathered[1] == dense._version:
-            return gathered[2]
-        return dense.reshape(-1).take(self.flat_index())
-
-    def row_offsets(self) -> Tensor:
-        """Start of each row's pairs: the `offsets` of an embedding bag per row."""
-        if "row_offsets" not in self._cache:
-            counts = torch.bincount(self.rows, minlength=self.n_rows)
-            self._cache["row_offsets"] = counts.cumsum(0) - counts
-        return self._cache["row_offsets"]
-
-    def by_col(self) -> tuple[Tensor, Tensor]:
-        """(order, offsets): pairs ordered by latent (stably, so deterministic) and the start
-        of each latent's run, for the gradients that sum over rows per latent."""
-        if "by_col" not in self._cache:
-            self._cache["by_col"] = kernels.order_by_latent(self.cols, self.n_latents)
-        return self._cache["by_col"]
-
-    def rows_by_col(self) -> Tensor:
-        """The pairs' rows in by_col() order (shared by the decoder's and encoder's gradients)."""
-        if "rows_by_col" not in self._cache:
-            self._cache["rows_by_col"] = self.rows.index_select(0, self.by_col()[0])
-        return self._cache["rows_by_col"]
-
-    def restrict(self, values: Tensor, start: int, end: int) -> tuple[Tensor, Layout]:
-        """The values and layout of latents [start, end) only (matryoshka prefixes)."""
-        if not self.sparse:
-            mask = self.mask[:, start:end] if self.mask is not None else None
-            above = None
-            if self.above is not None:
-                above = (self.above[0][:, start:end], self.above[1][start:end])
-            return values[:, start:end], Layout(self.n_rows, end - start, mask=mask, above=above)
-        keep = (self.cols >= start) & (self.cols < end)
-        sub = Layout.from_pairs(self.rows[keep], self.cols[keep] - start, self.n_rows, end - start)
-        return values[keep], sub
-
+    # decode stays one method for both kinds (not split per class), so that a test can swap
+    # in plain autograd for every layout at once.
     def decode(self, values: Tensor, W_dec: Tensor) -> Tensor:
         """latents @ W_dec, for latents given by `values` in this layout."""
         if not self.sparse:
@@ -187,21 +143,157 @@ class Layout:
         recon = self.decode(values, W_dec) + b_dec
         return recon, row_sq_error(x, recon)
 
+
+class ValuesRead(NamedTuple):
+    """A matrix's values at the pairs, read while the pairs were chosen (the selection loops
+    read them anyway; gathered afterwards they cost a cache miss each)."""
+
+    source: Tensor  # the [rows, latents] matrix they were read from
+    version: int  # its `_version` then: written in place since, they are stale
+    values: Tensor  # [nnz]
+
+    @classmethod
+    def now(cls, source: Tensor, values: Tensor) -> ValuesRead:
+        return cls(source, source._version, values)
+
+    def of(self, dense: Tensor) -> Tensor | None:
+        """The values, if `dense` is that matrix and unchanged since; else None."""
+        fresh = dense is self.source and dense._version == self.version
+        return self.values if fresh else None
+
+
+@dataclass(frozen=True, eq=False)
+class PairLayout(Layout):
+    """The selected (row, latent) pairs: values are a [nnz] vector, one per pair."""
+
+    rows: Tensor  # [nnz] int64, non-decreasing (row-major order)
+    cols: Tensor  # [nnz] int64, ascending within a row
+    row_offsets: Tensor  # [n_rows]: start of each row's pairs (an embedding bag's `offsets`)
+    values_read: ValuesRead | None = field(default=None, repr=False)  # see gather
+    sparse: ClassVar[bool] = True
+
+    @property
+    def latent(self) -> LatentIndex:
+        return self.cols
+
+    def count(self) -> int:
+        return self.rows.numel()
+
+    def to_sparse(self) -> PairLayout:
+        return self
+
+    def to_dense(self) -> DenseLayout:
+        mask = torch.zeros(self.n_rows * self.n_latents, dtype=torch.bool, device=self.rows.device)
+        mask[self.flat_index()] = True
+        return Layout.from_mask(mask.view(self.n_rows, self.n_latents))
+
+    def flat_index(self) -> Tensor:
+        """Position of each pair in the flattened [rows, latents] matrix."""
+        return self.rows * self.n_latents + self.cols
+
+    @cached_property
+    def by_col(self) -> tuple[Tensor, Tensor]:
+        """(order, offsets): pairs ordered by latent (stably, so deterministic) and the start
+        of each latent's run, for the gradients that sum over rows per latent."""
+        return kernels.order_by_latent(self.cols, self.n_latents)
+
+    @cached_property
+    def rows_by_col(self) -> Tensor:
+        """The pairs' rows in by_col order (shared by the decoder's and encoder's gradients)."""
+        return self.rows.index_select(0, self.by_col[0])
+
+    def gather(self, dense: Tensor) -> Tensor:
+        """Values of a [rows, latents] matrix at the pairs: those read while the pairs were
+        chosen, where `dense` is that matrix and unchanged since; else read now."""
+        read = self.values_read.of(dense) if self.values_read is not None else None
+        return read if read is not None else dense.reshape(-1).take(self.flat_index())
+
+    def apply_mask(self, acts: Tensor) -> Tensor:
+        return acts  # only the selected pairs have values
+
+    def restrict(self, values: Tensor, start: int, end: int) -> tuple[Tensor, Layout]:
+        keep = (self.cols >= start) & (self.cols < end)
+        sub = Layout.from_pairs(self.rows[keep], self.cols[keep] - start, self.n_rows, end - start)
+        return values[keep], sub
+
     def weighted_sum(self, values: Tensor, per_latent: Tensor) -> Tensor:
-        """The sum over pairs of value * per_latent[its latent]. Summed per latent first, so
-        that per_latent's gradient is a gather rather than an accumulating scatter."""
-        if not self.sparse:
-            return (values * per_latent).sum()
+        # Summed per latent first, so that per_latent's gradient is a gather rather than an
+        # accumulating scatter.
         sums = values.new_zeros(self.n_latents).index_add(0, self.cols, values)
         return torch.dot(sums, per_latent.to(sums.dtype))
 
     def dense(self, values: Tensor) -> Tensor:
-        """The [rows, latents] matrix of the values (zero elsewhere)."""
-        if not self.sparse:
-            return values
         out = values.new_zeros(self.n_rows * self.n_latents)
         out[self.flat_index()] = values
         return out.view(self.n_rows, self.n_latents)
+
+
+@dataclass(frozen=True, eq=False)
+class DenseLayout(Layout):
+    """Values are a [rows, latents] matrix."""
+
+    # The selected entries, where the activation would let others through (top-k); None where
+    # it zeroes them itself (a threshold activation).
+    mask: Tensor | None  # [n_rows, n_latents] bool
+    sparse: ClassVar[bool] = False
+
+    @property
+    def latent(self) -> LatentIndex:
+        return ALL
+
+    def count(self) -> int:
+        if self.mask is None:
+            raise ValueError("a dense layout without a mask cannot count its pairs")
+        return int(self.mask.sum())
+
+    def to_sparse(self) -> PairLayout:
+        if self.mask is None:
+            raise ValueError("a dense layout without a mask cannot list its pairs")
+        rows, cols = self.mask.nonzero().unbind(1)  # row-major, as the kernels expect
+        return Layout.from_pairs(rows, cols, self.n_rows, self.n_latents)
+
+    def to_dense(self) -> DenseLayout:
+        return self
+
+    def gather(self, dense: Tensor) -> Tensor:
+        return dense
+
+    def apply_mask(self, acts: Tensor) -> Tensor:
+        return acts * self.mask if self.mask is not None else acts
+
+    def restrict(self, values: Tensor, start: int, end: int) -> tuple[Tensor, Layout]:
+        mask = self.mask[:, start:end] if self.mask is not None else None
+        return values[:, start:end], DenseLayout(self.n_rows, end - start, mask)
+
+    def weighted_sum(self, values: Tensor, per_latent: Tensor) -> Tensor:
+        return (values * per_latent).sum()
+
+    def dense(self, values: Tensor) -> Tensor:
+        return values
+
+
+@dataclass(frozen=True, eq=False)
+class ThresholdLayout(DenseLayout):
+    """A dense layout of the entries where pre > threshold, which can count and list its
+    pairs without a [rows, latents] mask (compiled passes over `pre`)."""
+
+    pre: Tensor  # [n_rows, n_latents]
+    threshold: Tensor  # [n_latents]
+
+    @cached_property
+    def row_counts(self) -> Tensor:
+        """[n_rows] number of selected pairs per row."""
+        return kernels.count_above(self.pre, self.threshold)
+
+    def count(self) -> int:
+        return int(self.row_counts.sum())
+
+    def to_sparse(self) -> PairLayout:
+        counts = self.row_counts
+        rows, cols, values = kernels.pairs_above(self.pre, self.threshold, counts)
+        offsets = counts.cumsum(0) - counts  # known: no bincount
+        read = ValuesRead.now(self.pre, values)
+        return PairLayout(self.n_rows, self.n_latents, rows, cols, offsets, read)
 
 
 def at_latents(param: Tensor, latent: LatentIndex) -> Tensor:
@@ -240,17 +332,17 @@ class Latents(NamedTuple):
 # ---------------------------------------------------------------------------- selection
 
 
-def topk_pairs(pre: Tensor, k: int) -> Layout:
+def topk_pairs(pre: Tensor, k: int) -> PairLayout:
     """The k largest entries of each row, as row-major pairs (latents ascending in a row)."""
     cols, values = kernels.topk_cols(pre, k)
-    rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k)
-    layout = Layout.from_pairs(rows, cols.flatten(), *pre.shape)
-    layout.keep_values(pre, values.flatten())
-    layout._cache["row_offsets"] = torch.arange(0, rows.numel(), k, device=pre.device)
-    return layout
+    n_rows, n_latents = pre.shape
+    rows = torch.arange(n_rows, device=pre.device).repeat_interleave(k)
+    offsets = torch.arange(0, rows.numel(), k, device=pre.device)  # k per row: no bincount
+    read = ValuesRead.now(pre, values.flatten())
+    return PairLayout(n_rows, n_latents, rows, cols.flatten(), offsets, read)
 
 
-def batch_topk_pairs(acts: Tensor, n_keep: int) -> Layout:
+def batch_topk_pairs(acts: Tensor, n_keep: int) -> PairLayout:
     """The n_keep largest entries of the whole matrix, as row-major pairs."""
     n_keep = min(n_keep, acts.numel())
     _, flat = acts.flatten().topk(n_keep, sorted=False)
@@ -380,7 +472,7 @@ class _EncodeAt(torch.autograd.Function):
                 grad_x = F.embedding_bag(
                     layout.cols,
                     W_enc.t(),
-                    layout.row_offsets(),
+                    layout.row_offsets,
                     per_sample_weights=grad,
                     mode="sum",
                 )
@@ -402,7 +494,7 @@ class _PairDecode(torch.autograd.Function):
         ctx.layout = layout
         ctx.save_for_backward(values, W_dec)
         return F.embedding_bag(
-            layout.cols, W_dec, layout.row_offsets(), per_sample_weights=values, mode="sum"
+            layout.cols, W_dec, layout.row_offsets, per_sample_weights=values, mode="sum"
         )
 
     @staticmethod
@@ -424,7 +516,7 @@ class _DecodeError(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values, W_dec, b_dec, x, layout):  # type: ignore[override]
         recon, diff, sq, dots = kernels.decode_error(
-            values, W_dec, b_dec, x, layout.cols, layout.row_offsets()
+            values, W_dec, b_dec, x, layout.cols, layout.row_offsets
         )
         ctx.layout = layout
         ctx.set_materialize_grads(False)
@@ -451,32 +543,32 @@ class _DecodeError(torch.autograd.Function):
         return grad_values, grad_W, grad_b, grad_x, None
 
 
-def _pair_dots(rows_of: Tensor, latents_of: Tensor, layout: Layout) -> Tensor:
+def _pair_dots(rows_of: Tensor, latents_of: Tensor, layout: PairLayout) -> Tensor:
     """For every pair (r, j): rows_of[r] . latents_of[j], without gathering [nnz, d] rows."""
     return kernels.pair_dots(
         rows_of.contiguous(),
         latents_of.contiguous(),
         layout.rows,
         layout.cols,
-        layout.row_offsets(),
+        layout.row_offsets,
     )
 
 
 def _sum_rows_per_latent(
-    rows_of: Tensor, weights: Tensor, layout: Layout
+    rows_of: Tensor, weights: Tensor, layout: PairLayout
 ) -> tuple[Tensor, Tensor | None]:
     """[n_latents, d]: for each latent j, the sum over its pairs (r, j) of weight * rows_of[r],
     in a fixed order (deterministic); and the sum of each latent's weights where it came with
     them (the compiled scatter), else None. One embedding bag per latent over its pairs where
     the scatter does not apply."""
     compiled = kernels.sums_per_latent(
-        rows_of, weights, layout.cols, layout.row_offsets(), layout.n_latents
+        rows_of, weights, layout.cols, layout.row_offsets, layout.n_latents
     )
     if compiled is not None:
         return compiled
-    order, offsets = layout.by_col()
+    order, offsets = layout.by_col
     sums_of_rows = F.embedding_bag(
-        layout.rows_by_col(),
+        layout.rows_by_col,
         rows_of,
         offsets,
         per_sample_weights=weights.index_select(0, order),
