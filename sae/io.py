@@ -27,6 +27,7 @@ from torch import Tensor
 from sae.errors import DataError
 
 _TENSOR = "__tensor__"
+_STATE = "sae_state"  # the one metadata entry of a state file: {"hash": ..., "state": ...}
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -142,10 +143,11 @@ def write_failure(error: OSError | SafetensorError) -> str:
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Atomically write a nested state dict (tensors + plain values) as one safetensors file,
-    with a hash of everything in it that load_state checks."""
+    with a hash of everything in it that load_state checks. One metadata entry: safetensors
+    writes several in a random order, and a resumed harvest's files must be byte-identical."""
     tensors, skeleton = flatten_state(state)
-    text = json.dumps(skeleton)
-    metadata = {"state": text, "hash": state_hash(text, tensors)}
+    entry = {"hash": state_hash(json.dumps(skeleton), tensors), "state": skeleton}
+    metadata = {_STATE: json.dumps(entry)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
@@ -156,11 +158,14 @@ def load_state(path: Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-        text = metadata["state"]
-        skeleton = json.loads(text)
-    except (SafetensorError, OSError, KeyError, ValueError) as error:
+        if _STATE in metadata:
+            entry = json.loads(metadata[_STATE])
+            skeleton, claimed = entry["state"], entry["hash"]
+        else:  # written before the hash existed
+            skeleton, claimed = json.loads(metadata["state"]), None
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as error:
         raise DataError(f"{path} is not a readable state file ({error})") from None
-    if "hash" in metadata and metadata["hash"] != state_hash(text, tensors):
+    if claimed is not None and claimed != state_hash(json.dumps(skeleton), tensors):
         raise DataError(
             f"{path} does not match its hash: it is corrupt (a damaged disk or copy); "
             "restore it, or remove it to start that stage again"
