@@ -83,14 +83,6 @@ def _against_truth(
 ) -> dict[str, Any]:
     _check_width(sae, truth.d_in, "the ground-truth source's activations")
     metrics = ground_truth_metrics(cfg, sae, truth)
-    from sae.evaluation.absorption import hierarchy_absorption, hierarchy_of
-
-    hierarchy = hierarchy_of(truth)
-    if hierarchy:
-        metrics["absorption"] = hierarchy_absorption(
-            sae, truth, hierarchy, cfg.eval.samples, cfg.eval.batch_size,
-            derive_seed(cfg.seed, "eval"),
-        ).to_dict()  # fmt: skip
     recovery = recovery_profile(sae.W_dec.detach(), truth.feature_vectors)
     atomic_write_json(out_dir / RECOVERY, recovery)
     return metrics
@@ -115,24 +107,18 @@ def _on_language_model(
         progress=cfg.logging.progress,
     )
     metrics = {"hook": hook, **evaluation.metrics}
-    metrics.update(language_extras(cfg, sae, source, hook, metrics))  # type: ignore[arg-type]
+    if source.label_names:  # the generated language: its planted variables are the labels
+        from sae.evaluation.probes import probe_ceilings
+
+        metrics.update(
+            probe_ceilings(
+                sae, source, hook, cfg.eval, derive_seed(cfg.seed, "eval"),
+                metrics.get("monosemanticity") or {},
+            )
+        )  # fmt: skip
     if evaluation.browser is not None:
         atomic_write_json(out_dir / FEATURE_BROWSER, evaluation.browser)
     return source, metrics
-
-
-def language_extras(
-    cfg: Config, sae: Any, source: Any, hook: str, metrics: dict[str, Any], input_scale: float = 1.0
-) -> dict[str, Any]:
-    """Probe ceilings on the generated language (its planted variables are the labels)."""
-    if not source.label_names:
-        return {}
-    from sae.evaluation.probes import probe_ceilings
-
-    return probe_ceilings(
-        sae, source, hook, cfg.eval, derive_seed(cfg.seed, "eval"),
-        metrics.get("monosemanticity") or {}, input_scale,
-    )  # fmt: skip
 
 
 def _check_width(sae: ExternalSAE, width: int, what: str) -> None:

@@ -137,6 +137,15 @@ def evaluate_and_export(
             progress=cfg.logging.progress,
         )
         metrics, log10_density = evaluation.metrics, evaluation.log10_density
+        if lm.label_names:  # the generated language: its planted variables are the labels
+            from sae.evaluation.probes import probe_ceilings
+
+            metrics.update(
+                probe_ceilings(
+                    sae, lm, hook or lm.hook_names[0], cfg.eval, derive_seed(cfg.seed, "eval"),
+                    metrics.get("monosemanticity") or {}, summary.input_scale,
+                )
+            )  # fmt: skip
         if evaluation.browser is not None:
             atomic_write_json(out_dir / FEATURE_BROWSER, evaluation.browser)
     elif ground_truth is not None:
@@ -174,15 +183,23 @@ def ground_truth_metrics(
     cfg: Config, sae: Dictionary, truth: GroundTruthSource, input_scale: float = 1.0
 ) -> dict[str, Any]:
     """The config's ground-truth evaluation: eval.samples fresh rows drawn on the eval seed, so
-    every dictionary scored with one config sees the same rows."""
-    return evaluate_ground_truth(
-        sae,
-        truth,
-        samples=cfg.eval.samples,
-        batch_size=cfg.eval.batch_size,
-        seed=derive_seed(cfg.seed, "eval"),
-        input_scale=input_scale,
+    every dictionary scored with one config sees the same rows; with a hierarchy, absorption
+    (sae/evaluation/absorption.py) on the same rows."""
+    seed = derive_seed(cfg.seed, "eval")
+    samples, batch_size = cfg.eval.samples, cfg.eval.batch_size
+    metrics: dict[str, Any] = evaluate_ground_truth(
+        sae, truth, samples=samples, batch_size=batch_size, seed=seed, input_scale=input_scale
     ).to_dict()
+    from sae.evaluation.absorption import hierarchy_absorption, hierarchy_of
+
+    hierarchy = hierarchy_of(truth)
+    if hierarchy:  # a synthetic source with parent and child features
+        absorption = hierarchy_absorption(
+            sae, truth, hierarchy, samples, batch_size, seed, input_scale
+        ).to_dict()
+        metrics["absorption_rate"] = absorption.pop("absorption_rate")
+        metrics["absorption"] = absorption
+    return metrics
 
 
 def _evaluate_on_source(
