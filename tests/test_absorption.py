@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sae.config import SAEConfig, SyntheticConfig
-from sae.evaluation.absorption import hierarchy_absorption, hierarchy_of
+from sae.evaluation.absorption import hierarchy_absorption, hierarchy_of, label_absorption
 from sae.models import SparseAutoencoder, build_sae
 from sae.sources.synthetic import SyntheticSource
 
@@ -67,3 +67,22 @@ def test_children_that_carry_their_parent_absorb_it(source: SyntheticSource) -> 
         assert parent["child_rows"] > 0 and parent["missed_rows"] == parent["child_rows"]
         assert parent["absorbed_into"] in tree[parent["parent"]]
         assert parent["absorber_best_child"] == parent["absorbed_into"]
+
+
+def test_a_nested_variable_of_the_language_is_absorbed_by_its_values_latents() -> None:
+    """Rows inside brackets at depth 1 or 2: latent 0 fires inside brackets except at depth 2,
+    where latent 1 (the depth-2 latent) fires instead."""
+    depth = torch.tensor([0, 1, 1, 2, 2, 0, 1, 2] * 50)
+    truth = torch.stack([depth == 1, depth == 2, depth == 3], dim=1)
+    latents = torch.zeros(len(depth), 4)
+    latents[:, 0] = (depth == 1).float()
+    latents[:, 1] = (depth == 2).float()
+    names = ["bracket_depth=1", "bracket_depth=2", "bracket_depth=3"]
+    result = label_absorption(latents, truth, names)["per_variable"]["bracket_depth"]
+    assert result["latent"] in (0, 1)
+    absorbed_child = "bracket_depth=2" if result["latent"] == 0 else "bracket_depth=1"
+    assert result["rate_per_child"][absorbed_child] == 1.0
+    assert result["absorber_best_child"] == absorbed_child
+    assert result["rate"] == pytest.approx(
+        float(truth[:, names.index(absorbed_child)].sum()) / int((depth > 0).sum())
+    )

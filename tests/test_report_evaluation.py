@@ -24,6 +24,9 @@ def test_metrics_probes_and_absorption_are_shown_with_explanations(tmp_path: Pat
         "absorption_rate": 0.4,
         "probes": {"rows": 100, "test_rows": 30, "per_indicator": {},
                    "per_variable": {"topic": row, "quote": row}},  # fmt: skip
+        "language_absorption": {"absorption_rate": 0.2, "per_variable": {"bracket_depth": {
+            "latent": 2, "f1": 0.7, "parent_rows": 50, "rate": 0.2, "rate_per_child": {},
+            "absorbed_into": 9, "absorber_best_child": "bracket_depth=2"}}},
         "absorption": {"absorption_rate_pooled": 0.4, "parents_scored": 1, "per_parent": [parent]},
     }
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
@@ -31,4 +34,5 @@ def test_metrics_probes_and_absorption_are_shown_with_explanations(tmp_path: Pat
     for key in ("explained_variance", "ce_loss_recovered", "fraction_of_ceiling_mean"):
         assert EXPLANATIONS[key].replace("'", "&#x27;") in page
     assert 'id="probes"' in page and "dense probe (ceiling)" in page and ">topic<" in page
+    assert 'id="language-absorption"' in page and "bracket_depth=2" in page
     assert 'id="absorption"' in page and "<td>11</td>" in page

@@ -158,3 +158,53 @@ def hierarchy_absorption(
             )
         )
     return result
+
+
+# Variables of the generated language whose values nest under one parent: "inside brackets"
+# (depth 1, 2, 3) and "in a list" (item 1 .. 6); each value implies the parent.
+NESTED_VARIABLES = ("bracket_depth", "list_position")
+
+
+def label_absorption(latents: Tensor, truth: Tensor, names: list[str]) -> dict[str, Any]:
+    """The same measure on labelled rows (latents [R, d_sae], truth [R, n] bool): for each
+    nested variable the parent is "any value" and the children are its values, so every
+    parent row has a child; the parent's latent is its best detector by F1, its absorption
+    the share of parent rows it misses (also per child), and the absorber the latent firing
+    most on the missed rows, with the child it detects best."""
+    fires = latents != 0
+    result: dict[str, Any] = {}
+    for variable in NESTED_VARIABLES:
+        columns = [i for i, n in enumerate(names) if n.split("=")[0] == variable]
+        if not columns:
+            continue
+        children = truth[:, columns]
+        parent = children.any(dim=1)
+        if not parent.any():
+            continue
+        counts = DetectorCounts(fires.shape[1], [variable, *[names[i] for i in columns]])
+        counts.add(fires, torch.cat([parent[:, None], children], dim=1))
+        f1 = counts.f1()
+        latent = int(f1[:, 0].argmax())
+        missed = parent & ~fires[:, latent]
+        per_child = {
+            names[c]: float((missed & truth[:, c]).sum() / truth[:, c].sum().clamp(min=1))
+            for c in columns
+        }
+        on_missed = fires[missed].sum(0)
+        on_missed[latent] = 0
+        absorber = int(on_missed.argmax()) if int(on_missed.max()) > 0 else None
+        result[variable] = {
+            "latent": latent,
+            "f1": float(f1[latent, 0]),
+            "parent_rows": int(parent.sum()),
+            "rate": float(missed.sum() / parent.sum()),
+            "rate_per_child": per_child,
+            "absorbed_into": absorber,
+            "absorber_best_child": None
+            if absorber is None
+            else names[columns[int(f1[absorber, 1:].argmax())]],
+        }
+    if result:
+        rates = [r["rate"] for r in result.values()]
+        return {"absorption_rate": sum(rates) / len(rates), "per_variable": result}
+    return {}

@@ -214,7 +214,11 @@ def probe_ceilings(
     if not probes:
         return {}
     summary = summarise(probes, single)
+    from sae.evaluation.absorption import label_absorption
+
+    absorption = label_absorption(rows.latents, rows.truth, rows.names)
     return {
+        **({"language_absorption": absorption} if absorption else {}),
         "probes": {**probes, "per_variable": summary["per_variable"]},
         "fraction_of_ceiling_mean": summary["fraction_of_ceiling_mean"],
         "fraction_of_ceiling_k5_mean": summary["fraction_of_ceiling_k5_mean"],

@@ -101,3 +101,28 @@ def absorption_section(absorption: dict[str, Any], metrics: dict[str, Any]) -> s
         f'<section id="absorption"><h2>Feature absorption</h2>{intro}'
         f'<table class="mono">{head}{rows}</table></section>'
     )
+
+
+def language_absorption_section(absorption: dict[str, Any]) -> str:
+    head = (
+        "<tr><th>nested variable</th><th>its latent</th><th>F1</th><th>rows</th>"
+        "<th>absorption</th><th>absorbed into</th><th>that latent's best value</th></tr>"
+    )
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in (
+            variable, str(r["latent"]), fmt(r["f1"]), str(r["parent_rows"]), fmt(r["rate"]),
+            "–" if r["absorbed_into"] is None else str(r["absorbed_into"]),
+            str(r["absorber_best_child"] or "–"),
+        )) + "</tr>"
+        for variable, r in (absorption.get("per_variable") or {}).items()
+    )  # fmt: skip
+    intro = (
+        "<p>The generated language's nested variables: the parent is any value (inside "
+        "brackets, in a list), the children its values. The parent's best latent, the share "
+        "of parent rows it misses, and the latent firing most there instead. Mean: "
+        f"{fmt(absorption.get('absorption_rate', 0.0))}.</p>"
+    )
+    return (
+        f'<section id="language-absorption"><h2>Absorption in the generated language</h2>'
+        f'{intro}<table class="mono">{head}{rows}</table></section>'
+    )

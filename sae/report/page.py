@@ -14,7 +14,11 @@ from importlib.resources import files
 from typing import Any
 
 from sae.models.registry import shown_keys
-from sae.report.evaluation import absorption_section, probes_section
+from sae.report.evaluation import (
+    absorption_section,
+    language_absorption_section,
+    probes_section,
+)
 from sae.report.explain import explain
 from sae.report.svg import Series, fmt, histogram_chart, line_chart
 
@@ -205,6 +209,8 @@ def render(run: RunData) -> str:
         )
     if isinstance(metrics.get("probes"), dict):
         sections.append(probes_section(metrics["probes"], metrics))
+    if isinstance(metrics.get("language_absorption"), dict):
+        sections.append(language_absorption_section(metrics["language_absorption"]))
     if isinstance(metrics.get("absorption"), dict):
         sections.append(absorption_section(metrics["absorption"], metrics))
     if run.recovery:
