@@ -314,6 +314,24 @@ def _config_reference(args: argparse.Namespace) -> None:
     print(reference_markdown(), end="")
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from sae.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from pipelines.eval import default_out_dir, run_eval
+
+    out = args.out or default_out_dir(args.sae)
+    _check_out_dir(out)
+    run_eval(args.sae, cfg, out)
+
+
+def _lab_superposition(args: argparse.Namespace) -> None:
+    _check_out_dir(args.out)
+    from sae.lab.superposition import run_lab
+
+    run_lab(args.out, quick=args.quick)
+
+
 def _report(args: argparse.Namespace) -> None:
     from sae.report import build_report
 
@@ -413,6 +431,36 @@ def build_parser() -> argparse.ArgumentParser:
         "reference", help="every config key with type, default and description (Markdown)"
     )
     reference.set_defaults(handler=_config_reference)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="evaluate any SAELens-format SAE (folder or RELEASE:SAE_ID) on a config's source",
+    )
+    evaluate.add_argument(
+        "sae", metavar="SAE", help="a SAELens folder, or a SAELens pretrained RELEASE:SAE_ID"
+    )
+    evaluate.add_argument("--config", type=Path, required=True, help="YAML config file")
+    evaluate.add_argument(
+        "--out", type=Path, default=None, help="output directory (default evals/<SAE name>)"
+    )
+    evaluate.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key (dotted, e.g. eval.samples=8192); repeatable",
+    )  # fmt: skip
+    evaluate.set_defaults(handler=_eval)
+
+    lab = sub.add_parser("lab", help="reproduce known results on toy models")
+    lab_sub = lab.add_subparsers(dest="lab", required=True)
+    superposition = lab_sub.add_parser(
+        "superposition", help="Toy Models of Superposition's pictures, on trained toy models"
+    )
+    superposition.add_argument(
+        "--out", type=Path, default=Path("lab/superposition"), help="output directory"
+    )
+    superposition.add_argument(
+        "--quick", action="store_true", help="fewer training steps and a coarser grid"
+    )
+    superposition.set_defaults(handler=_lab_superposition)
 
     report = sub.add_parser("report", help="(re)build DIR/report.html from a finished run")
     report.add_argument("run_dir", type=Path, metavar="DIR", help="a run directory")

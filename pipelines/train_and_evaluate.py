@@ -166,11 +166,21 @@ def _evaluate_and_export(
             progress=cfg.logging.progress,
         )
         metrics, log10_density = evaluation.metrics, evaluation.log10_density
+        if lm.label_names:  # the generated language: its planted variables are the labels
+            from sae.evaluation.probes import probe_ceilings
+
+            metrics.update(
+                probe_ceilings(
+                    sae, lm, hook or lm.hook_names[0], cfg.eval, derive_seed(cfg.seed, "eval"),
+                    metrics.get("monosemanticity") or {}, summary.input_scale,
+                )
+            )  # fmt: skip
         if evaluation.browser is not None:
             atomic_write_json(out_dir / FEATURE_BROWSER, evaluation.browser)
     elif ground_truth is not None:
         truth = ground_truth_evaluation(cfg, sae, ground_truth, summary.input_scale)
-        metrics, log10_density = truth.to_dict(), truth.log10_density
+        log10_density = truth.log10_density
+        metrics = with_absorption(cfg, sae, ground_truth, summary.input_scale, truth.to_dict())
     else:
         stats = _evaluate_on_source(cfg, sae, source, summary.input_scale, hook)
         metrics, log10_density = stats.summary(), stats.log10_density()
@@ -226,7 +236,31 @@ def ground_truth_evaluation(
 def ground_truth_metrics(
     cfg: Config, sae: Dictionary, truth: GroundTruthSource, input_scale: float = 1.0
 ) -> dict[str, Any]:
-    return ground_truth_evaluation(cfg, sae, truth, input_scale).to_dict()
+    """The config's ground-truth metrics (`ground_truth_evaluation`); with a hierarchy, also
+    absorption (sae/evaluation/absorption.py) on the same rows."""
+    metrics = ground_truth_evaluation(cfg, sae, truth, input_scale).to_dict()
+    return with_absorption(cfg, sae, truth, input_scale, metrics)
+
+
+def with_absorption(
+    cfg: Config,
+    sae: Dictionary,
+    truth: GroundTruthSource,
+    input_scale: float,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """`metrics` plus absorption_rate and the per-parent table when `truth` has a hierarchy."""
+    from sae.evaluation.absorption import hierarchy_absorption, hierarchy_of
+
+    hierarchy = hierarchy_of(truth)
+    if hierarchy:  # a synthetic source with parent and child features
+        seed = derive_seed(cfg.seed, "eval")
+        absorption = hierarchy_absorption(
+            sae, truth, hierarchy, cfg.eval.samples, cfg.eval.batch_size, seed, input_scale
+        ).to_dict()
+        metrics["absorption_rate"] = absorption.pop("absorption_rate")
+        metrics["absorption"] = absorption
+    return metrics
 
 
 def _evaluate_on_source(

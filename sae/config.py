@@ -562,6 +562,8 @@ class EvalConfig(Section):
     """Each browsed latent's activation histogram."""
     promoted_tokens: int = Field(10, ge=1)
     """Top tokens through W_dec @ W_U."""
+    probe_rows: int = Field(16_384, ge=16)
+    """Generated language: evaluation positions the probe ceilings use (70% train, 30% test)."""
 
 
 class LoggingConfig(Section):

@@ -145,6 +145,9 @@ def test_a_run_harvests_trains_evaluates_reports_and_publishes(quick_run: Path) 
     assert set(LM_METRICS) <= set(metrics)
     assert metrics["explained_variance"] > 0.5 and metrics["ce_loss_recovered"] > 0.5
     assert set(metrics["monosemanticity"]) >= {"number=singular", "topic=animals"}
+    assert set(metrics["probes"]["per_variable"]) >= {"topic", "number"}
+    assert "bracket_depth" in metrics["language_absorption"]["per_variable"]
+    assert metrics["fraction_of_ceiling_mean"] > 0
     assert Store(quick_run / "store").manifest.complete
     assert (quick_run / "feature_browser.json").is_file()
     assert "<svg" in (quick_run / "report.html").read_text()

@@ -14,6 +14,12 @@ from importlib.resources import files
 from typing import Any
 
 from sae.models.registry import shown_keys
+from sae.report.evaluation import (
+    absorption_section,
+    language_absorption_section,
+    probes_section,
+)
+from sae.report.explain import explain
 from sae.report.svg import Series, fmt, histogram_chart, line_chart
 
 # Training-log series worth a chart each: (title, keys, log scale).
@@ -48,7 +54,8 @@ def _cell(value: Any) -> str:
 
 def _summary(metrics: dict[str, Any]) -> str:
     rows = [
-        f"<tr><th>{escape(key)}</th><td>{_cell(value)}</td></tr>"
+        f"<tr><th>{escape(key)}</th><td>{_cell(value)}</td>"
+        f'<td class="explain">{escape(explain(key))}</td></tr>'
         for key, value in metrics.items()
         if isinstance(value, int | float | str | bool) or value is None
     ]
@@ -222,6 +229,12 @@ def render(run: RunData) -> str:
                 metrics["monosemanticity"], metrics.get("monosemanticity_mean_f1"), browsed
             )
         )
+    if isinstance(metrics.get("probes"), dict):
+        sections.append(probes_section(metrics["probes"], metrics))
+    if isinstance(metrics.get("language_absorption"), dict):
+        sections.append(language_absorption_section(metrics["language_absorption"]))
+    if isinstance(metrics.get("absorption"), dict):
+        sections.append(absorption_section(metrics["absorption"], metrics))
     if run.recovery:
         sections.append(_recovery(run.recovery))
     if run.browser:

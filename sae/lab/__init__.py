@@ -1,0 +1,1 @@
+"""Known results reproduced on toy models (`sae lab ...`)."""
