@@ -1,0 +1,68 @@
+"""What the API and the pages say about a job: its record, progress, metrics and files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sae.service.db import Job
+from sae.service.progress import progress, read_metrics
+from sae.service.state import StateDir
+
+SAELENS_FOLDER = "sae"  # pipelines/toy.py: DIR/sae, or DIR/<name>/sae with several SAEs
+MAX_ARTIFACTS = 200
+
+
+class JobViews:
+    """Job records as JSON, with each finished job's metrics read once and kept."""
+
+    def __init__(self, state: StateDir):
+        self.state = state
+        self._metrics: dict[tuple[int, float | None], dict[str, Any] | None] = {}
+
+    def metrics(self, job: Job) -> dict[str, Any] | None:
+        if job.state != "done":
+            return None
+        key = (job.id, job.finished)
+        if key not in self._metrics:
+            self._metrics[key] = read_metrics(job, self.state.out_dir(job.id))
+        return self._metrics[key]
+
+    def summary(self, job: Job) -> dict[str, Any]:
+        return {
+            **job.summary(),
+            "metrics": self.metrics(job),
+            "progress": progress(job, self.state.out_dir(job.id)),
+        }
+
+    def detail(self, job: Job) -> dict[str, Any]:
+        return {
+            **self.summary(job),
+            "config": job.config,
+            "artifacts": artifacts(self.state.out_dir(job.id)),
+            "saelens": saelens_folders(self.state.out_dir(job.id)),
+        }
+
+
+def artifacts(out_dir: Path) -> list[str]:
+    """Files of the run (relative paths), the store's shards left out."""
+    if not out_dir.is_dir():
+        return []
+    found = []
+    for path in sorted(out_dir.rglob("*")):
+        relative = path.relative_to(out_dir)
+        if path.is_file() and relative.parts[0] not in ("store", "wandb"):
+            found.append(str(relative))
+            if len(found) == MAX_ARTIFACTS:
+                break
+    return found
+
+
+def saelens_folders(out_dir: Path) -> dict[str, str]:
+    """{SAE name: its SAELens folder, relative to the run}; a lone SAE is called "sae"."""
+    if (out_dir / SAELENS_FOLDER / "cfg.json").is_file():
+        return {"sae": SAELENS_FOLDER}
+    return {
+        p.parent.parent.name: str(p.parent.relative_to(out_dir))
+        for p in sorted(out_dir.glob(f"*/{SAELENS_FOLDER}/cfg.json"))
+    }

@@ -1,0 +1,88 @@
+"""`sae serve`: lock the state directory, recover what a crash left, start workers, serve."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from sae.errors import UserError, first_line
+from sae.service.db import JobStore
+from sae.service.runners import TOKEN_ENV, LocalRunner, Runner, SubmititRunner
+from sae.service.state import StateDir, lock_state
+from sae.service.workers import Workers
+
+EXECUTORS = ("local", "slurm", "submitit-local")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def make_runner(executor: str, state: StateDir, slurm: dict[str, Any]) -> Runner:
+    if executor == "local":
+        return LocalRunner()
+    # submitit-local: the Slurm path (submitit, requeue on preemption) on this machine
+    cluster = "slurm" if executor == "slurm" else "local"
+    return SubmititRunner(state.root / "submitit", cluster, slurm)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so a taken port is one clear line (and port 0 works)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {first_line(error)}") from None
+    return sock
+
+
+def check_options(host: str, workers: int, token: str | None) -> None:
+    if not is_loopback(host) and not token:
+        raise UserError(
+            f"--host {host} is reachable from other machines: give --token or set {TOKEN_ENV}"
+        )
+    if workers < 0:
+        raise UserError(f"--workers must be 0 or more (got {workers})")
+
+
+def serve(
+    state_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+    token: str | None = None, executor: str = "local", slurm: dict[str, Any] | None = None,
+) -> None:
+    import uvicorn
+
+    from sae.service.app import Service, create_app
+
+    token = token or os.environ.get(TOKEN_ENV) or None
+    check_options(host, workers, token)
+    state = StateDir(state_dir.resolve()).create()
+    lock = lock_state(state)
+    sock = bind(host, port)
+    store = JobStore(state.db)
+    pool = Workers(store, state, make_runner(executor, state, slurm or {}), workers)
+    recovered = pool.recover()
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(Service(state, store, token)), access_log=False, log_level="warning",
+    ))  # fmt: skip
+    shown = f"[{host}]" if ":" in host else host
+    note = f"; resumed jobs {', '.join(map(str, recovered))}" if recovered else ""
+    print(f"sae serve: http://{shown}:{sock.getsockname()[1]} (state {state.root}, "
+          f"{workers} workers, executor {executor}{note})", flush=True)  # fmt: skip
+    pool.start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        pool.stop()  # running jobs are stopped and queued again: the next start resumes them
+        store.close()
+        os.close(lock)
