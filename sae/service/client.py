@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from sae.errors import ConfigError, UserError, first_line
+from sae.service.db import TERMINAL
 from sae.service.runners import TOKEN_ENV
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -72,7 +73,7 @@ def watch(server: str, job_id: int, token: str | None) -> str:
     """Print a job's progress until it ends; its final state."""
     last_print, final = 0.0, "unknown"
     for event, data in events(server, job_id, token):
-        if event == "state":
+        if event == "state" and data["state"] not in TERMINAL:  # `end` reports those
             print(f"job {job_id}: {data['state']}", flush=True)
         elif event == "progress" and time.monotonic() - last_print >= PRINT_EVERY_SECONDS:
             last_print = time.monotonic()
