@@ -147,7 +147,7 @@ def job_page(job: dict[str, Any]) -> str:
 <p>{_progress_cell(job)} <span id="live"></span> ETA <span class="eta">{eta(job['progress'].get('eta_seconds'))}</span></p>
 <p><button data-post="/api/jobs/{jid}/cancel">cancel</button>
 <button data-post="/api/jobs/{jid}/retry">retry</button>
-<a class="button" href="/compare?ids={jid}">compare</a></p>
+<a class="button" id="compare-link" href="/compare?ids={jid}">compare</a></p>
 <div id="curves" data-job="{jid}" data-live="{'1' if job['state'] in ('queued', 'running') else ''}"></div>
 <h2>Metrics</h2>{_metrics_table(job)}
 <h2>Artifacts</h2><p>{_files(job) or 'none yet'}</p>
