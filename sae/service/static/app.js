@@ -13,7 +13,7 @@ function fmtEta(s) {
 // One chart on a canvas: series of {name, xs, ys} drawn as lines (or dots, with points: true).
 function plot(parent, title, series, opts = {}) {
   const canvas = document.createElement("canvas");
-  canvas.width = 420; canvas.height = 240; canvas.className = "chart";
+  canvas.width = 500; canvas.height = 240; canvas.className = "chart";
   parent.appendChild(canvas);
   const g = canvas.getContext("2d");
   const L = 52, R = 410, T = 24, B = 210;
@@ -36,7 +36,7 @@ function plot(parent, title, series, opts = {}) {
       s.xs.forEach((x, j) => j ? g.lineTo(px(x), py(s.ys[j])) : g.moveTo(px(x), py(s.ys[j])));
       g.stroke();
     }
-    if (series.length > 1 && i < 8) g.fillText(s.name, R - 90, T + 14 + 13 * i);
+    if (series.length > 1 && i < 12) g.fillText(s.name.slice(0, 12), R + 6, T + 10 + 13 * i);
   });
 }
 
