@@ -282,6 +282,20 @@ def _submit(args: argparse.Namespace) -> int:
     return run_submit(args.config, args.server, args.kind, args.nproc, args.watch, args.token)
 
 
+def _bench_serve(args: argparse.Namespace) -> None:
+    if args.repeats < 1 or args.jobs < 1 or args.requests < 1:
+        raise UserError("--repeats, --jobs and --requests must be at least 1")
+    if args.config is not None:
+        from sae.config import load_config
+
+        load_config(args.config)
+    if args.json is not None:
+        _check_out_file(args.json)
+    from pipelines.bench_serve import run_bench_serve
+
+    run_bench_serve(args.config, args.repeats, args.jobs, args.requests, args.json)
+
+
 def _service_parsers(sub: argparse._SubParsersAction) -> None:
     """`sae serve` and `sae submit` (sae/service/)."""
     serve = sub.add_parser("serve", help="job queue + HTTP API + web UI over these commands")
@@ -417,6 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench_store.add_argument("--hook", default=None)
     bench_store.add_argument("--repeats", type=int, default=3)
     bench_store.set_defaults(handler=_bench_store)
+
+    bench_serve = bench_sub.add_parser(
+        "serve", help="a job through sae serve vs sae run directly; listing 1,000 jobs"
+    )
+    bench_serve.add_argument("--config", type=Path, default=None, help="(a built-in tiny one)")
+    bench_serve.add_argument("--repeats", type=int, default=1, help="runs each way, alternating")
+    bench_serve.add_argument("--jobs", type=int, default=1000, help="jobs in the listed state")
+    bench_serve.add_argument("--requests", type=int, default=200, help="timed GET /api/jobs")
+    bench_serve.add_argument("--json", type=Path, default=None, help="write the row as JSON here")
+    bench_serve.set_defaults(handler=_bench_serve)
     return parser
 
 

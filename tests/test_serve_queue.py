@@ -10,7 +10,7 @@ import yaml
 
 from sae import cli
 from sae.errors import ConfigError, UserError
-from sae.service.db import JobStore
+from sae.service.db import JobStore, NewJob
 from sae.service.state import StateDir, lock_state
 from sae.service.submit import validate_submission
 from sae.service.sweep import expand, swept_keys
@@ -98,7 +98,7 @@ def test_a_sweep_is_validated_job_by_job_before_anything_is_queued(state: StateD
 
 def test_a_claimed_job_is_taken_once_and_cancel_and_retry_move_it(state: StateDir) -> None:
     store = JobStore(state.db)
-    first, second = store.add("toy", [("a: 1", {}), ("a: 2", {})], sweep=True)
+    first, second = store.add("toy", [NewJob("a: 1", {}, 10), NewJob("a: 2", {}, 10)], sweep=True)
     assert store.get(second).sweep == first
     claimed = store.claim()
     assert (claimed.id, claimed.state, claimed.attempts) == (first, "running", 1)

@@ -104,7 +104,7 @@ def create_app(service: Service) -> FastAPI:
         if not 1 <= nproc <= 64:
             raise UserError(f"nproc must be 1 to 64 (got {nproc})")
         jobs = validate_submission(body, kind, state)
-        return store.add(kind, jobs, nproc=nproc, sweep=len(jobs) > 1 or bool(jobs[0][1]))
+        return store.add(kind, jobs, nproc=nproc, sweep=len(jobs) > 1 or bool(jobs[0].params))
 
     # ------------------------------------------------------------------ errors and auth
 
@@ -154,12 +154,15 @@ def create_app(service: Service) -> FastAPI:
         ids = await asyncio.to_thread(submit, body, kind, nproc)
         return {"id": ids[0], "ids": ids, "sweep": ids[0] if len(ids) > 1 else None}
 
-    @app.get("/api/jobs", summary="Jobs, newest first, filtered by state, kind or sweep")
+    @app.get("/api/jobs", summary="Jobs, newest first, filtered by state, kind or sweep",
+             response_class=JSONResponse, responses={200: {"description": "a list of jobs as "
+             "GET /api/jobs/{job_id} answers them, without config and artifacts"}})  # fmt: skip
     def list_jobs(
         state: str | None = Query(None, description="|".join(STATES)),
         kind: str | None = None, sweep: int | None = None, limit: int | None = Query(None, ge=1),
-    ) -> list[dict[str, Any]]:
-        return [views.summary(job) for job in store.list(state, kind, sweep, limit=limit)]
+    ) -> Response:
+        jobs = store.list(state, kind, sweep, limit=limit, config=False)
+        return Response(views.listing(jobs), media_type="application/json")
 
     @app.get("/api/jobs/{job_id}", summary="A job: config, state, progress, metrics, artifacts")
     def get_job(job_id: int) -> dict[str, Any]:

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     nproc INTEGER NOT NULL DEFAULT 1,
     sweep INTEGER,
     params TEXT NOT NULL DEFAULT '{}',
+    samples INTEGER,
     created REAL NOT NULL,
     started REAL,
     finished REAL,
@@ -43,6 +44,19 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
 """
+SUMMARY_COLUMNS = (
+    "id, kind, state, nproc, sweep, params, samples, created, started, finished, attempts, pid,"
+    " pid_start, executor_id, exit_code, error"
+)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated submission: config text, the values a sweep chose, samples to train on."""
+
+    config: str
+    params: dict[str, Any]
+    samples: int | None
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,7 @@ class Job:
     nproc: int
     sweep: int | None
     params: dict[str, Any]
+    samples: int | None  # what the job trains on (train.samples), for progress; None: harvest
     created: float
     started: float | None
     finished: float | None
@@ -105,20 +120,16 @@ class JobStore:
 
     # ------------------------------------------------------------------ submit and read
 
-    def add(
-        self, kind: str, configs: list[tuple[str, dict[str, Any]]], nproc: int = 1,
-        sweep: bool = False,
-    ) -> list[int]:
-        """Queue one job per (config text, swept values), all or none; a sweep's jobs share
-        the first one's id as their sweep id."""
+    def add(self, kind: str, jobs: list[NewJob], nproc: int = 1, sweep: bool = False) -> list[int]:
+        """Queue the jobs, all or none; a sweep's jobs share the first one's id as sweep id."""
         now = time.time()
         ids: list[int] = []
         with self._transaction() as db:
-            for text, params in configs:
+            for job in jobs:
                 cursor = db.execute(
-                    "INSERT INTO jobs (kind, state, config, nproc, params, created)"
-                    " VALUES (?, 'queued', ?, ?, ?, ?)",
-                    (kind, text, nproc, json.dumps(params), now),
+                    "INSERT INTO jobs (kind, state, config, nproc, params, samples, created)"
+                    " VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+                    (kind, job.config, nproc, json.dumps(job.params), job.samples, now),
                 )
                 ids.append(int(cursor.lastrowid))  # type: ignore[arg-type]
             if sweep:
@@ -135,9 +146,10 @@ class JobStore:
 
     def list(
         self, state: str | None = None, kind: str | None = None, sweep: int | None = None,
-        ids: list[int] | None = None, limit: int | None = None,
+        ids: list[int] | None = None, limit: int | None = None, config: bool = True,
     ) -> list[Job]:
-        """Newest first, filtered by whatever is given."""
+        """Newest first, filtered by whatever is given; `config=False` leaves the config text
+        out (a listing does not show it, and it is most of a row)."""
         where, args = [], []
         for column, value in (("state", state), ("kind", kind), ("sweep", sweep)):
             if value is not None:
@@ -146,7 +158,8 @@ class JobStore:
         if ids is not None:
             where.append(f"id IN ({','.join('?' * len(ids))})" if ids else "0")
             args.extend(ids)
-        sql = "SELECT * FROM jobs" + (f" WHERE {' AND '.join(where)}" if where else "")
+        columns = "*" if config else f"{SUMMARY_COLUMNS}, '' AS config"
+        sql = f"SELECT {columns} FROM jobs" + (f" WHERE {' AND '.join(where)}" if where else "")
         sql += " ORDER BY id DESC" + (" LIMIT ?" if limit else "")
         with self.lock:
             rows = self.db.execute(sql, (*args, limit) if limit else args).fetchall()

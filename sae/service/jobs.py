@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from sae.service.db import Job
+from sae.service.db import TERMINAL, Job
 from sae.service.progress import progress, read_metrics
 from sae.service.state import StateDir
 
@@ -19,6 +20,7 @@ class JobViews:
     def __init__(self, state: StateDir):
         self.state = state
         self._metrics: dict[tuple[int, float | None], dict[str, Any] | None] = {}
+        self._finished: dict[tuple[int, str, float | None], str] = {}
 
     def metrics(self, job: Job) -> dict[str, Any] | None:
         if job.state != "done":
@@ -34,6 +36,19 @@ class JobViews:
             "metrics": self.metrics(job),
             "progress": progress(job, self.state.out_dir(job.id)),
         }
+
+    def summary_json(self, job: Job) -> str:
+        """summary() as JSON, kept for finished jobs (they no longer change): listing a
+        thousand jobs then costs the database query, not a thousand encodings."""
+        if job.state not in TERMINAL:
+            return json.dumps(self.summary(job))
+        key = (job.id, job.state, job.finished)
+        if key not in self._finished:
+            self._finished[key] = json.dumps(self.summary(job))
+        return self._finished[key]
+
+    def listing(self, jobs: list[Job]) -> str:
+        return "[" + ",".join(self.summary_json(job) for job in jobs) + "]"
 
     def detail(self, job: Job) -> dict[str, Any]:
         return {

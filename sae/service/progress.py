@@ -8,23 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sae.service.db import Job
 
 METRICS_LOG = "metrics.jsonl"  # sae/training/run_log.py
 METRICS = "metrics.json"
 FIELDS = ("step", "samples", "loss", "l0", "explained_variance", "dead_fraction", "sae")
-DEFAULT_SAMPLES = 4_000_000  # sae.config.TrainConfig.samples
-
-
-def total_samples(job: Job) -> int | None:
-    """Samples the job trains on, read from its config (None for a harvest)."""
-    if job.kind == "harvest":
-        return None
-    tree = yaml.safe_load(job.config) or {}
-    samples = (tree.get("train") or {}).get("samples", DEFAULT_SAMPLES)
-    return int(samples) if isinstance(samples, int | float) else None
 
 
 def read_records(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
@@ -72,7 +60,7 @@ def progress(job: Job, out_dir: Path, record: dict[str, Any] | None = None) -> d
     if job.state != "running":
         return {"fraction": None, "eta_seconds": None}
     record = record or last_record(out_dir / METRICS_LOG)
-    total = total_samples(job)
+    total = job.samples
     if not record or not total or not job.started:
         return {"fraction": 0.0, "eta_seconds": None}
     fraction = min(1.0, record.get("samples", 0) / total)

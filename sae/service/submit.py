@@ -13,7 +13,7 @@ import yaml
 
 from sae.config import Config, validate_tree
 from sae.errors import ConfigError, UserError
-from sae.service.db import KINDS
+from sae.service.db import KINDS, NewJob
 from sae.service.state import StateDir
 from sae.service.sweep import expand
 
@@ -57,10 +57,8 @@ def check_kind(kind: str, cfg: Config, state: StateDir) -> None:
             raise ConfigError(f"{cfg.data.store} is not an activation store (no manifest.json)")
 
 
-def validate_submission(
-    body: bytes, kind: str, state: StateDir
-) -> list[tuple[str, dict[str, Any]]]:
-    """(config YAML, swept values) per job. Paths in a config are read relative to the state
+def validate_submission(body: bytes, kind: str, state: StateDir) -> list[NewJob]:
+    """The jobs a body asks for, validated. Paths in a config are read relative to the state
     directory, which is where jobs run."""
     if kind not in KINDS:
         raise UserError(f"kind must be one of {', '.join(KINDS)} (got '{kind}')")
@@ -71,5 +69,6 @@ def validate_submission(
         check_kind(kind, cfg, state)
         # the submitted tree, not to_dict(cfg): defaults stay the CLI's at run time, and the
         # job's YAML reads like what the user wrote
-        jobs.append((yaml.safe_dump(job_tree, sort_keys=False), params))
+        samples = None if kind == "harvest" else cfg.train.samples
+        jobs.append(NewJob(yaml.safe_dump(job_tree, sort_keys=False), params, samples))
     return jobs
