@@ -1,8 +1,8 @@
 """`sae bench serve`: what the service adds to a job, and how fast it lists many jobs.
 
 overhead: the same config run by `sae run CONFIG --out DIR` as a user would start it (wall
-clock of the process) and through `sae serve` (submit to done, as `sae submit --watch` sees
-it, polling every 0.1 s), alternating so that load on a shared machine hits both alike.
+clock of the process) and through `sae serve` (submit to the job's end event, as
+`sae submit --watch` sees it), alternating so that load on a shared machine hits both alike.
 listing: GET /api/jobs over a state directory holding `jobs` finished jobs, each with a
 metrics.json, p50 and p95 latency of `requests` calls from one client.
 """
@@ -26,6 +26,7 @@ import yaml
 
 from sae.config import read_yaml, validate_tree
 from sae.io import atomic_write_json
+from sae.service.client import events
 from sae.service.db import JobStore, NewJob
 from sae.service.state import StateDir
 from sae.tables import format_table
@@ -74,13 +75,12 @@ def _direct(config: Path, out: Path) -> float:
 
 
 def _through_service(url: str, body: bytes) -> float:
+    """Submit to the job's `end` event, watching as `sae submit --watch` does."""
     started = time.perf_counter()
     job_id = httpx.post(f"{url}/api/jobs", params={"kind": "run"}, content=body).json()["id"]
-    while (state := httpx.get(f"{url}/api/jobs/{job_id}").json()["state"]) not in (
-        "done", "failed", "cancelled"):
-        time.sleep(0.1)
-    if state != "done":
-        raise RuntimeError(f"job {job_id} {state} (see {url}/jobs/{job_id})")
+    end = [data for event, data in events(url, job_id, None) if event == "end"][-1]
+    if end["state"] != "done":
+        raise RuntimeError(f"job {job_id} {end['state']} (see {url}/jobs/{job_id})")
     return time.perf_counter() - started
 
 

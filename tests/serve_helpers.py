@@ -30,7 +30,8 @@ class Server:
     output: Path
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.url}{path}", timeout=30, **kwargs)
+        kwargs.setdefault("timeout", 60)
+        return httpx.request(method, f"{self.url}{path}", **kwargs)
 
     def job(self, job_id: int) -> dict[str, Any]:
         return self.api("GET", f"/api/jobs/{job_id}").json()

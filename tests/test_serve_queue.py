@@ -10,6 +10,7 @@ import yaml
 
 from sae import cli
 from sae.errors import ConfigError, UserError
+from sae.service.command import job_command
 from sae.service.db import JobStore, NewJob
 from sae.service.state import StateDir, lock_state
 from sae.service.submit import validate_submission
@@ -121,3 +122,12 @@ def test_a_second_lock_on_one_state_directory_is_refused(state: StateDir) -> Non
         os.close(held)
     os.close(lock_state(state))  # released with its holder
 
+
+
+def test_a_job_with_several_ranks_is_the_same_command_under_torchrun(tmp_path: Path) -> None:
+    one = job_command("train", tmp_path / "c.yaml", tmp_path / "out")
+    two = job_command("train", tmp_path / "c.yaml", tmp_path / "out", nproc=2)
+    assert one[1:3] == ["-m", "sae"] and one[3:] == ["train", str(tmp_path / "c.yaml"), "--out",
+                                                      str(tmp_path / "out")]  # fmt: skip
+    assert two[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    assert two[5:] == ["-m", *one[2:]]

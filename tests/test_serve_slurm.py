@@ -49,3 +49,4 @@ def test_a_preempted_task_requeues_the_same_command_which_resumes_to_done(tmp_pa
     assert requeued.function.command == task.command
     assert requeued.result() == 0  # the rerun continues from the checkpoint to the end
     assert (out / "metrics.json").is_file()
+

@@ -35,8 +35,8 @@ from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from sae.errors import UserError
-from sae.service import pages
-from sae.service.command import cli_command
+from sae.service import pages, processes
+from sae.service.command import TORCHRUN_KINDS, cli_command
 from sae.service.db import KINDS, STATES, TERMINAL, Job, JobStore
 from sae.service.jobs import JobViews
 from sae.service.progress import METRICS_LOG, progress, read_records
@@ -58,6 +58,7 @@ class Service:
     store: JobStore
     token: str | None = None
     max_body: int = MAX_BODY_BYTES
+    loopback: bool = True  # bound to 127.0.0.1 (or ::1)
 
 
 class PublishRequest(BaseModel):
@@ -90,7 +91,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def create_app(service: Service) -> FastAPI:
-    app = FastAPI(title="sae serve", version="1", summary="SAE training jobs: submit, watch, compare")
+    # no /docs or /redoc: FastAPI's pages load their scripts from a CDN, and the UI works offline
+    app = FastAPI(title="sae serve", version="1", summary="SAE training jobs: submit, watch, compare",
+                  docs_url=None, redoc_url=None)  # fmt: skip
     views = JobViews(service.state)
     state, store = service.state, service.store
 
@@ -103,6 +106,9 @@ def create_app(service: Service) -> FastAPI:
     def submit(body: bytes, kind: str, nproc: int) -> list[int]:
         if not 1 <= nproc <= 64:
             raise UserError(f"nproc must be 1 to 64 (got {nproc})")
+        if nproc > 1 and kind not in TORCHRUN_KINDS:
+            raise UserError(f"nproc > 1 runs under torchrun, which sae {kind} does not join "
+                            f"(sae {' and sae '.join(TORCHRUN_KINDS)} do)")  # fmt: skip
         jobs = validate_submission(body, kind, state)
         return store.add(kind, jobs, nproc=nproc, sweep=len(jobs) > 1 or bool(jobs[0].params))
 
@@ -132,6 +138,8 @@ def create_app(service: Service) -> FastAPI:
 
     @app.middleware("http")
     async def _check_token(request: Request, call_next: Any) -> Response:
+        if refused := _foreign(request, service.loopback):
+            return _error(403, refused)
         if service.token is None or request.url.path == "/login":
             return await call_next(request)
         given = request.cookies.get(COOKIE) or ""
@@ -175,7 +183,11 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/api/jobs/{job_id}/retry", summary="Queue a failed or cancelled job again")
     def retry_job(job_id: int) -> dict[str, Any]:
-        job_or_404(job_id)
+        job = job_or_404(job_id)
+        if job.pid is not None and processes.alive(job.pid, job.pid_start):
+            # a cancelled job's process gets a grace period to stop; a second run must not
+            # start in the same directory before it has
+            raise UserError(f"job {job_id}'s process is still stopping; retry in a moment")
         return views.summary(store.retry(job_id))  # type: ignore[arg-type]
 
     @app.get("/api/jobs/{job_id}/logs", response_class=PlainTextResponse, summary="stdout+stderr")
@@ -319,6 +331,24 @@ def create_app(service: Service) -> FastAPI:
         return response
 
     return app
+
+
+LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def _foreign(request: Request, loopback: bool) -> str | None:
+    """Why a request that a web page elsewhere made through the user's browser is refused.
+
+    Without a token, anything that reaches 127.0.0.1 is trusted, so two browser tricks are
+    closed here: another site's page posting to this server (its Origin is not this server)
+    and DNS rebinding (a Host other than a loopback name)."""
+    host = request.headers.get("host", "")
+    if loopback and host.rsplit(":", 1)[0] not in LOCAL_NAMES:
+        return f"Host '{host}' is not this server"
+    origin = request.headers.get("origin")
+    if request.method not in ("GET", "HEAD") and origin and origin.split("://", 1)[-1] != host:
+        return f"cross-site request from {origin} refused"
+    return None
 
 
 def _sse(event: str, data: Any) -> str:

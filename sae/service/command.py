@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+TORCHRUN_KINDS = ("harvest", "train")  # the commands that join a torchrun process group
 CLI_MODULE = "sae"  # `python -m sae`; the CLI's code may move, the module name is the contract
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,17 +61,17 @@ class JobViews:
 
 
 def artifacts(out_dir: Path) -> list[str]:
-    """Files of the run (relative paths), the store's shards left out."""
-    if not out_dir.is_dir():
-        return []
+    """Files of the run (relative paths); the store's shards and wandb's files are not walked
+    (thousands of files, read on every poll of a job)."""
     found = []
-    for path in sorted(out_dir.rglob("*")):
-        relative = path.relative_to(out_dir)
-        if path.is_file() and relative.parts[0] not in ("store", "wandb"):
-            found.append(str(relative))
-            if len(found) == MAX_ARTIFACTS:
-                break
-    return found
+    for folder, subfolders, files in os.walk(out_dir):
+        if folder == str(out_dir):
+            subfolders[:] = [d for d in subfolders if d not in ("store", "wandb")]
+        subfolders.sort()
+        found += [str(Path(folder, name).relative_to(out_dir)) for name in sorted(files)]
+        if len(found) >= MAX_ARTIFACTS:
+            break
+    return found[:MAX_ARTIFACTS]
 
 
 def saelens_folders(out_dir: Path) -> dict[str, str]:

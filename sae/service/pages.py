@@ -34,7 +34,7 @@ def _page(title: str, body: str) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="stylesheet" href="/static/style.css"></head>
 <body><nav><a href="/" class="brand">sae serve</a> <a href="/">jobs</a> <a href="/submit">submit</a>
-<a href="/compare">compare</a> <a href="/docs">API</a></nav>
+<a href="/compare">compare</a> <a href="/openapi.json">API</a></nav>
 <main>{body}</main><script src="/static/app.js"></script></body></html>"""
 
 

@@ -25,9 +25,10 @@ def _stat(pid: int) -> list[str] | None:
 
 
 def start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (clock ticks since boot), or None if it is gone."""
+    """The kernel's start time of `pid` (clock ticks since boot), or None if it is gone (a
+    zombie, dead but not yet reaped, counts as gone)."""
     fields = _stat(pid)
-    return fields[21] if fields else None
+    return fields[21] if fields and fields[2] != "Z" else None
 
 
 def group_members(pgid: int) -> list[int]:
@@ -38,6 +39,11 @@ def group_members(pgid: int) -> list[int]:
         if fields is not None and fields[4] == str(pgid) and fields[2] != "Z":
             members.append(int(entry.name))
     return members
+
+
+def alive(pid: int, pid_start: str | None) -> bool:
+    """Whether the process recorded as (pid, start time), or any of its group, still runs."""
+    return (pid_start is not None and start_time(pid) == pid_start) or bool(group_members(pid))
 
 
 def stop_group(pgid: int, grace: float = 10.0) -> None:

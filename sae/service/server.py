@@ -72,9 +72,9 @@ def serve(
     store = JobStore(state.db)
     pool = Workers(store, state, make_runner(executor, state, slurm or {}), workers)
     recovered = pool.recover()
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(Service(state, store, token)), access_log=False, log_level="warning",
-    ))  # fmt: skip
+    app = create_app(Service(state, store, token, loopback=is_loopback(host)))
+    # no access log: a request line is no place for anything a user typed into a URL
+    server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning"))
     shown = f"[{host}]" if ":" in host else host
     note = f"; resumed jobs {', '.join(map(str, recovered))}" if recovered else ""
     print(f"sae serve: http://{shown}:{sock.getsockname()[1]} (state {state.root}, "
