@@ -41,6 +41,14 @@ TINY = {
     "harvest": {"rows": 400_000},
     "logging": {"wandb": False, "progress": False},
 }  # fmt: skip
+# a toy run's metrics.json, less its config (--repeats 0 lists jobs without running one)
+SAMPLE_METRICS = {
+    "mcc": 0.896, "mmcs": 0.943, "frac_recovered_90": 0.729, "frac_recovered_99": 0.667,
+    "uniqueness": 0.875, "precision": 0.527, "recall": 0.782, "f1": 0.615, "l0": 2.86,
+    "true_l0": 1.89, "explained_variance": 0.846, "dead_latents": 6, "shrinkage": 0.920,
+    "arch": "topk", "d_sae": 48, "seconds": 10.2, "samples": 80000, "samples_per_second": 7825.4,
+    "source": {"kind": "synthetic", "num_features": 48, "d_in": 32},
+}  # fmt: skip
 COLUMNS = ("direct_seconds", "service_seconds", "overhead", "list_jobs", "list_p50_ms",
            "list_p95_ms")  # fmt: skip
 URL = re.compile(rb"sae serve: (http://127\.0\.0\.1:\d+)")
@@ -113,31 +121,33 @@ def run_bench_serve(
     with tempfile.TemporaryDirectory(prefix="sae-bench-serve-") as tmp:
         root = Path(tmp)
         (root / "job.yaml").write_text(yaml.safe_dump(tree))
-        server, url, _ = _start_server(root / "state", workers=1)
         direct, service = [], []
-        try:
-            for i in range(repeats):
-                direct.append(_direct(root / "job.yaml", root / f"direct{i}"))
-                service.append(_through_service(url, yaml.safe_dump(tree).encode()))
-        finally:
-            _stop(server)
-        metrics_path = next((root / "direct0").rglob("metrics.json"))
+        if repeats:
+            server, url, _ = _start_server(root / "state", workers=1)
+            try:
+                for i in range(repeats):
+                    direct.append(_direct(root / "job.yaml", root / f"direct{i}"))
+                    service.append(_through_service(url, yaml.safe_dump(tree).encode()))
+            finally:
+                _stop(server)
+        found = next((root / "direct0").rglob("metrics.json"), None) if repeats else None
         state = StateDir(root / "listing").create()
-        _fill(state, jobs, json.loads(metrics_path.read_text()))
+        _fill(state, jobs, json.loads(found.read_text()) if found else SAMPLE_METRICS)
         server, url, _ = _start_server(state.root, workers=0)
         try:
             latency = sorted(_list_latency(url, requests))
         finally:
             _stop(server)
     row = {
-        "direct_seconds": statistics.median(direct),
-        "service_seconds": statistics.median(service),
-        "overhead": statistics.median(service) / statistics.median(direct) - 1,
+        **({"direct_seconds": statistics.median(direct),
+            "service_seconds": statistics.median(service),
+            "overhead": statistics.median(service) / statistics.median(direct) - 1}
+           if repeats else {}),
         "list_jobs": jobs,
         "list_p50_ms": 1000 * latency[len(latency) // 2],
         "list_p95_ms": 1000 * latency[min(len(latency) - 1, int(0.95 * len(latency)))],
     }
-    print(format_table([row], list(COLUMNS)))
+    print(format_table([row], [c for c in COLUMNS if c in row]))
     if out_json is not None:
         atomic_write_json(out_json, {**row, "direct_runs": direct, "service_runs": service})
     return row

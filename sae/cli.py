@@ -283,8 +283,8 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _bench_serve(args: argparse.Namespace) -> None:
-    if args.repeats < 1 or args.jobs < 1 or args.requests < 1:
-        raise UserError("--repeats, --jobs and --requests must be at least 1")
+    if args.repeats < 0 or args.jobs < 1 or args.requests < 1:
+        raise UserError("--repeats must be at least 0, --jobs and --requests at least 1")
     if args.config is not None:
         from sae.config import load_config
 
@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="a job through sae serve vs sae run directly; listing 1,000 jobs"
     )
     bench_serve.add_argument("--config", type=Path, default=None, help="(a built-in tiny one)")
-    bench_serve.add_argument("--repeats", type=int, default=1, help="runs each way, alternating")
+    bench_serve.add_argument("--repeats", type=int, default=1, help="runs each way, alternating (0: listing only)")
     bench_serve.add_argument("--jobs", type=int, default=1000, help="jobs in the listed state")
     bench_serve.add_argument("--requests", type=int, default=200, help="timed GET /api/jobs")
     bench_serve.add_argument("--json", type=Path, default=None, help="write the row as JSON here")

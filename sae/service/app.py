@@ -95,6 +95,7 @@ def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="sae serve", version="1", summary="SAE training jobs: submit, watch, compare",
                   docs_url=None, redoc_url=None)  # fmt: skip
     views = JobViews(service.state)
+    listings: dict[str, Any] = {}  # the last listing of jobs that no longer change
     state, store = service.state, service.store
 
     def job_or_404(job_id: int) -> Job:
@@ -169,8 +170,17 @@ def create_app(service: Service) -> FastAPI:
         state: str | None = Query(None, description="|".join(STATES)),
         kind: str | None = None, sweep: int | None = None, limit: int | None = Query(None, ge=1),
     ) -> Response:
-        jobs = store.list(state, kind, sweep, limit=limit, config=False)
-        return Response(views.listing(jobs), media_type="application/json")
+        # with no job running, the answer changes only when the database does
+        key = (store.version, state, kind, sweep, limit)
+        if listings.get("key") != key:
+            jobs = store.list(state, kind, sweep, limit=limit, config=False)
+            body = views.listing(jobs)
+            still = not any(job.state == "running" for job in jobs)
+            listings.clear()
+            listings.update({"key": key, "body": body} if still else {})
+        else:
+            body = listings["body"]
+        return Response(body, media_type="application/json")
 
     @app.get("/api/jobs/{job_id}", summary="A job: config, state, progress, metrics, artifacts")
     def get_job(job_id: int) -> dict[str, Any]:

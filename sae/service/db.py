@@ -102,6 +102,7 @@ class JobStore:
         self.db.execute("PRAGMA synchronous=FULL")  # a committed state survives power loss
         self.db.executescript(SCHEMA)
         self.lock = threading.Lock()
+        self.version = 0  # counts this store's commits: a reader's cache key
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -113,6 +114,7 @@ class JobStore:
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
+            self.version += 1
 
     def close(self) -> None:
         with self.lock:
