@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,10 @@ def test_a_job_with_several_ranks_is_the_same_command_under_torchrun(tmp_path: P
                                                       str(tmp_path / "out")]  # fmt: skip
     assert two[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert two[5:] == ["-m", *one[2:]]
+
+
+def test_the_server_imports_neither_torch_nor_the_pipelines() -> None:
+    code = ("import sys, sae.cli, sae.service.server, sae.service.app, sae.service.client; "
+            "print(sorted(m for m in ('torch', 'pipelines') if m in sys.modules))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stderr
