@@ -14,6 +14,7 @@ import httpx
 import pytest
 from safetensors.torch import load_file
 
+from sae.service.db import JobStore
 from sae.service.processes import group_members
 from tests.serve_helpers import Server, start_server, stop_server, toy_yaml, wait_for, wait_state
 
@@ -220,3 +221,13 @@ def test_a_train_job_with_two_ranks_runs_under_torchrun(tmp_path: Path) -> None:
         assert job["metrics"]["arch"] == "topk"
     finally:
         stop_server(server)
+
+
+def test_stopping_the_server_stops_its_running_jobs_and_queues_them_again(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "state", "--workers", "1")
+    job_id = submit(server, toy_yaml(samples=400_000)).json()["id"]
+    pid = wait_for(lambda: server.job(job_id)["pid"], "the job to start")
+    stop_server(server)  # SIGTERM, as a service manager stops it
+    assert server.process.returncode == 0 and "sae serve: stopped" in server.output.read_text()
+    assert not group_members(pid)
+    assert JobStore(tmp_path / "state" / "serve.db").get(job_id).state == "queued"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import uvicorn
 
 from sae.errors import UserError, first_line
 from sae.service.db import JobStore
@@ -15,6 +20,7 @@ from sae.service.state import StateDir, lock_state
 from sae.service.workers import Workers
 
 EXECUTORS = ("local", "slurm", "submitit-local")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def is_loopback(host: str) -> bool:
@@ -56,12 +62,24 @@ def check_options(host: str, workers: int, token: str | None) -> None:
         raise UserError(f"--workers must be 0 or more (got {workers})")
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM once it has stopped, which would end this process
+    before `serve` stops the jobs; here those signals only stop the server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def serve(
     state_dir: Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
     token: str | None = None, executor: str = "local", slurm: dict[str, Any] | None = None,
 ) -> None:
-    import uvicorn
-
     from sae.service.app import Service, create_app
 
     token = token or os.environ.get(TOKEN_ENV) or None
@@ -74,7 +92,10 @@ def serve(
     recovered = pool.recover()
     app = create_app(Service(state, store, token, loopback=is_loopback(host)))
     # no access log: a request line is no place for anything a user typed into a URL
-    server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning"))
+    # open event streams last as long as their job: shutdown waits a few seconds, not for them
+    server = _Server(uvicorn.Config(
+        app, access_log=False, log_level="warning", timeout_graceful_shutdown=5,
+    ))  # fmt: skip
     shown = f"[{host}]" if ":" in host else host
     note = f"; resumed jobs {', '.join(map(str, recovered))}" if recovered else ""
     print(f"sae serve: http://{shown}:{sock.getsockname()[1]} (state {state.root}, "
@@ -84,5 +105,6 @@ def serve(
         server.run(sockets=[sock])
     finally:
         pool.stop()  # running jobs are stopped and queued again: the next start resumes them
+        print("sae serve: stopped", flush=True)
         store.close()
         os.close(lock)
