@@ -339,6 +339,55 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from sae.service.server import serve
+
+    slurm = dict(item.partition("=")[::2] for item in args.slurm)
+    serve(args.state, args.host, args.port, args.workers, args.token, args.executor, slurm)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from sae.service.client import run_submit
+
+    return run_submit(args.config, args.server, args.kind, args.nproc, args.watch, args.token)
+
+
+def _bench_serve(args: argparse.Namespace) -> None:
+    if args.repeats < 0 or args.jobs < 1 or args.requests < 1:
+        raise UserError("--repeats must be at least 0, --jobs and --requests at least 1")
+    if args.config is not None:
+        from sae.config import load_config
+
+        load_config(args.config)
+    if args.json is not None:
+        _check_out_file(args.json)
+    from pipelines.bench.serve import run_bench_serve
+
+    run_bench_serve(args.config, args.repeats, args.jobs, args.requests, args.json)
+
+
+def _service_parsers(sub: argparse._SubParsersAction) -> None:
+    """`sae serve` and `sae submit` (sae/service/)."""
+    serve = sub.add_parser("serve", help="job queue + HTTP API + web UI over these commands")
+    serve.add_argument("--state", type=Path, default=Path("sae-state"), help="state directory")
+    serve.add_argument("--host", default="127.0.0.1", help="other than loopback needs --token")
+    serve.add_argument("--port", type=int, default=8000, help="0: any free port")
+    serve.add_argument("--workers", type=int, default=1, help="jobs run at once")
+    serve.add_argument("--token", default=None, help="required on every request (or SAE_SERVE_TOKEN)")
+    serve.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local")
+    serve.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                       help="submitit parameter for --executor slurm, e.g. slurm_partition=gpu")
+    serve.set_defaults(handler=_serve)
+    submit = sub.add_parser("submit", help="send a config to a running sae serve")
+    submit.add_argument("config", type=Path, help="YAML config file (lists make a sweep)")
+    submit.add_argument("--server", default=None, help="URL (default $SAE_SERVER or :8000)")
+    submit.add_argument("--kind", choices=("run", "toy", "train", "harvest"), default="run")
+    submit.add_argument("--nproc", type=int, default=1, help="ranks under torchrun")
+    submit.add_argument("--token", default=None, help="the server's token (or SAE_SERVE_TOKEN)")
+    submit.add_argument("--watch", action="store_true", help="print progress until the end")
+    submit.set_defaults(handler=_submit)
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Each option's default after its help (where it has one worth showing); descriptions
     keep their line breaks."""
@@ -465,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="(re)build DIR/report.html from a finished run")
     report.add_argument("run_dir", type=Path, metavar="DIR", help="a run directory")
     report.set_defaults(handler=_report)
+    _service_parsers(sub)
 
     bench = sub.add_parser("bench", help="benchmarks that print side-by-side figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -539,6 +589,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench_store.add_argument("--hook", default=None, help="hook to read (default: the only one)")
     bench_store.add_argument("--repeats", type=int, default=3, help="rounds of each reader")
     bench_store.set_defaults(handler=_bench_store)
+
+    bench_serve = bench_sub.add_parser(
+        "serve", help="a job through sae serve vs sae run directly; listing 1,000 jobs"
+    )
+    bench_serve.add_argument("--config", type=Path, default=None, help="(a built-in tiny one)")
+    bench_serve.add_argument("--repeats", type=int, default=1, help="runs each way, alternating (0: listing only)")
+    bench_serve.add_argument("--jobs", type=int, default=1000, help="jobs in the listed state")
+    bench_serve.add_argument("--requests", type=int, default=200, help="timed GET /api/jobs")
+    bench_serve.add_argument("--json", type=Path, default=None, help="write the row as JSON here")
+    bench_serve.set_defaults(handler=_bench_serve)
     return parser
 
 

@@ -92,3 +92,26 @@ def test_bench_harvest_writes_ours_forward_and_saelens_side_by_side(tmp_path: Pa
 def test_bench_harvest_rejects_a_hook_the_model_does_not_have() -> None:
     result = sae("bench", "harvest", "--layers", "2", "--hook", "blocks.5.hook_resid_pre")
     assert result.returncode == 2 and "--hook" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_serve_times_listing_jobs_through_a_real_server(tmp_path: Path) -> None:
+    out = tmp_path / "serve.json"
+    result = sae("bench", "serve", "--repeats", "0", "--jobs", "30", "--requests", "5",
+                 "--json", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    row = json.loads(out.read_text())
+    assert row["list_jobs"] == 30 and 0 < row["list_p50_ms"] <= row["list_p95_ms"]
+
+
+@pytest.mark.slow
+def test_bench_serve_runs_one_config_directly_and_through_the_service(tmp_path: Path) -> None:
+    tree = tiny_tree()
+    tree["train"]["samples"] = 5_000
+    tree["harvest"] = {"rows": 5_000, "shard_rows": 2_500}
+    out = tmp_path / "serve.json"
+    config = write_config(tmp_path / "tiny.yaml", tree)
+    result = sae("bench", "serve", "--config", str(config), "--jobs", "10", "--requests", "3",
+                 "--json", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    row = json.loads(out.read_text())
+    assert row["direct_seconds"] > 0 and row["service_seconds"] > 0
