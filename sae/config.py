@@ -350,7 +350,7 @@ class SAEConfig(Section):
 
         names = architecture_names()
         if arch not in names:
-            raise ValueError(f"unknown architecture '{arch}' (choose from {', '.join(names)})")
+            raise ValueError(f"unknown architecture (choose from {', '.join(names)})")
         return arch
 
     def resolve(self) -> SAEConfig:

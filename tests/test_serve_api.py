@@ -54,8 +54,8 @@ def test_an_invalid_config_answers_422_with_one_line_and_queues_nothing(idle: Se
     refused = submit(idle, toy_yaml().replace("arch: topk", "arch: tokp"))
     assert refused.status_code == 422
     assert refused.json() == {
-        "error": "config key 'sae.arch': Input should be 'relu', 'topk', 'batchtopk', "
-                 "'jumprelu', 'gated' or 'matryoshka' (got 'tokp')"  # fmt: skip
+        "error": "config key 'sae.arch': unknown architecture (choose from batchtopk, gated, "
+                 "jumprelu, matryoshka, panneal, relu, topk) (got 'tokp')"  # fmt: skip
     }
     assert submit(idle, "data: {store: ../../etc}", kind="train").json()["error"] == (
         "data.store '../../etc' is outside the state directory")
@@ -175,7 +175,8 @@ def test_a_job_runs_to_done_with_events_metrics_logs_and_artifacts(working: Serv
     assert "== attempt 1: sae toy" in working.api("GET", f"/api/jobs/{job_id}/logs").text
     archive = zipfile.ZipFile(io.BytesIO(working.api("GET", f"/api/jobs/{job_id}/download").content))
     assert sorted(archive.namelist()) == [f"job{job_id}-sae/cfg.json",
-                                          f"job{job_id}-sae/sae_weights.safetensors"]
+                                          f"job{job_id}-sae/sae_weights.safetensors",
+                                          f"job{job_id}-sae/sparsity.safetensors"]
     report = working.api("GET", f"/api/jobs/{job_id}/files/report.html")
     assert report.status_code == 200 and "<html" in report.text.lower()
     assert working.api("GET", f"/api/jobs/{job_id}/files/../serve.db").status_code == 404

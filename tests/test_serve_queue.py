@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sae import cli
+from pipelines import cli
 from sae.errors import ConfigError, UserError
 from sae.service.command import job_command
 from sae.service.db import JobStore, NewJob
@@ -59,12 +59,12 @@ def test_submit_refuses_paths_and_names_that_leave_the_state_directory(state: St
         validate_submission(yaml.safe_dump(tree).encode(), "train", state)
     tree = tiny_tree()
     tree["saes"] = [{**tree.pop("sae"), "name": ".."}]
-    with pytest.raises(ConfigError, match="not a folder name"):
+    with pytest.raises(ConfigError, match="is not a plain file name"):
         validate_submission(yaml.safe_dump(tree).encode(), "toy", state)
 
 
 def test_submit_refuses_bad_yaml_and_unknown_kinds_in_one_line(state: StateDir) -> None:
-    with pytest.raises(ConfigError, match="config body is not valid YAML at line"):
+    with pytest.raises(ConfigError, match="config body: line 3 is not valid YAML"):
         validate_submission(b"seed: 0\ndata: [\n", "toy", state)
     with pytest.raises(UserError, match="kind must be one of run, toy, train, harvest"):
         validate_submission(b"seed: 0", "publish", state)
@@ -136,7 +136,8 @@ def test_a_job_with_several_ranks_is_the_same_command_under_torchrun(tmp_path: P
 
 
 def test_the_server_imports_neither_torch_nor_the_pipelines() -> None:
-    code = ("import sys, sae.cli, sae.service.server, sae.service.app, sae.service.client; "
-            "print(sorted(m for m in ('torch', 'pipelines') if m in sys.modules))")  # fmt: skip
+    code = ("import sys, pipelines.cli, sae.service.server, sae.service.app, sae.service.client; "
+            "print(sorted(m for m in ('torch', 'pipelines.run', 'pipelines.train_and_evaluate')"
+            " if m in sys.modules))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "[]", done.stderr

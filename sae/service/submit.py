@@ -7,33 +7,43 @@ kind-specific checks the CLI makes after loading its pipeline are repeated here 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from sae.config import Config, validate_tree
+from sae.config_paths import resolve_config_paths
 from sae.errors import ConfigError, UserError
+from sae.safe_yaml import parse_yaml
 from sae.service.db import KINDS, NewJob
 from sae.service.state import StateDir
 from sae.service.sweep import expand
 
-RESERVED_NAMES = {".", ".."}  # allowed by the SAE name pattern, but they escape the job folder
-
 
 def parse_body(body: bytes) -> dict[str, Any]:
+    """A submitted config, read with the CLI's bounds (sae/safe_yaml.py: duplicate keys, alias
+    bombs, size): configs arriving over HTTP are untrusted."""
     try:
-        tree = yaml.safe_load(body.decode("utf-8"))
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError("config body is not UTF-8 text") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config body is not valid YAML{where}") from None
+    tree = parse_yaml(text, "config body")
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):
         raise ConfigError("config body: top level must be a mapping of sections")
     return tree
+
+
+def anchor_paths(tree: dict[str, Any], state: StateDir) -> None:
+    """Relative paths of a submitted config are relative to the state directory (where jobs
+    run): written out absolute, so the job's YAML means the same wherever the CLI reads it from
+    (the CLI takes a file's relative paths from the file's folder). A store must lie inside."""
+    data = tree.get("data")
+    if isinstance(data, dict) and isinstance(data.get("store"), str):
+        state.inside(Path(data["store"]), "data.store")  # refused before anything is resolved
+    resolve_config_paths(tree, state.root.resolve() / "submitted.yaml")
 
 
 def check_kind(kind: str, cfg: Config, state: StateDir) -> None:
@@ -46,9 +56,8 @@ def check_kind(kind: str, cfg: Config, state: StateDir) -> None:
             f"sae {kind} harvests its own store: give data.lm, data.toy or data.synthetic"
             + (" (to train on an existing store, use sae train)" if kind == "run" else "")
         )
-    for entry in cfg.saes or []:
-        if entry.name in RESERVED_NAMES:
-            raise ConfigError(f"saes: name '{entry.name}' is not a folder name")
+    # SAE names that would leave the job's directory ('.', '..') are refused by the config
+    # itself (sae/paths.py plain_name), as on the command line
     if cfg.data.store is not None:
         store = state.inside(cfg.data.store, "data.store")
         if not store.is_dir():
@@ -63,6 +72,7 @@ def validate_submission(body: bytes, kind: str, state: StateDir) -> list[NewJob]
     if kind not in KINDS:
         raise UserError(f"kind must be one of {', '.join(KINDS)} (got '{kind}')")
     tree = parse_body(body)
+    anchor_paths(tree, state)
     jobs = []
     for job_tree, params in expand(tree, shared_batches=kind != "harvest"):
         cfg = validate_tree(job_tree)

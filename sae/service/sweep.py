@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from sae.config import Config
+from sae.config import Config, SAEConfig
 from sae.errors import ConfigError
 
 MAX_JOBS = 256
@@ -43,11 +43,25 @@ def _section(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _architecture_fields(arch: Any) -> dict[str, Any]:
+    """The keys of the named architecture (of each, when arch itself is swept)."""
+    from sae.models.registry import architecture, architecture_names
+
+    fields: dict[str, Any] = {}
+    for name in arch if isinstance(arch, list) else [arch]:
+        if isinstance(name, str) and name in architecture_names():
+            fields |= architecture(name).Options.model_fields
+    return fields
+
+
 def swept_keys(tree: dict[str, Any], schema: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     """Dotted keys whose value is a list of alternatives rather than one value."""
     keys: list[str] = []
+    fields = dict(schema.model_fields)
+    if issubclass(schema, SAEConfig):  # an SAE section: its architecture declares the rest
+        fields |= _architecture_fields(tree.get("arch", "topk"))
     for name, value in tree.items():
-        field = schema.model_fields.get(name)
+        field = fields.get(name)
         if field is None:
             continue  # validation names the unknown key
         dotted = f"{prefix}{name}"
