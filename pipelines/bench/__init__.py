@@ -1,0 +1,1 @@
+"""Benchmarks: our stages measured side by side with their peers."""
