@@ -213,6 +213,10 @@ class SAEConfig(Section):
     # topk, batchtopk, matryoshka: active latents per row (batch-averaged for the batch variants,
     # which may take a fractional k, as in SAELens)
     k: float = Field(32, gt=0)
+    # Active latents per row wanted. topk, batchtopk, matryoshka take it as k (topk rounded);
+    # relu, gated and jumprelu reach it by a controller that scales their sparsity coefficient
+    # during training (sae/training/l0_control.py), so no coefficient needs hand-tuning.
+    target_l0: float | None = Field(None, gt=0)
     # batchtopk, matryoshka, jumprelu: train as a per-row TopK SAE with warm_start_k (default
     # 2k) for this fraction of training before switching to the architecture's own activation.
     # The per-row phase gives every row spare slots to explore, so latents specialise instead
@@ -237,6 +241,17 @@ class SAEConfig(Section):
     aux_coefficient: float = Field(1 / 32, ge=0)
     b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
     init_decoder_norm: float = Field(0.1, gt=0)  # relu only; others start at unit norm
+
+    @model_validator(mode="after")
+    def _target_as_k(self) -> SAEConfig:
+        if self.target_l0 is None:
+            return self
+        k = float(round(self.target_l0)) if self.arch == "topk" else self.target_l0
+        if "k" in self.model_fields_set and self.k != k:
+            raise ValueError(f"set k or target_l0, not both (k={self.k:g}, target_l0={k:g})")
+        if self.k != k:
+            self.k = max(k, 1.0)  # jumprelu's warm start uses k too; relu and gated ignore it
+        return self
 
     @model_validator(mode="after")
     def _widths(self) -> SAEConfig:
@@ -275,8 +290,10 @@ class SAEEntry(SAEConfig):
 
 class TrainConfig(Section):
     samples: int = Field(4_000_000, ge=1)
-    batch_size: int = Field(4096, ge=1)
-    lr: float = Field(4e-4, gt=0)
+    # batch_size, lr, dead_window_samples: None follows the run (sae/training/schedule.py):
+    # about 4000 steps, lr 2e-3 at 1024 latents falling as 1/sqrt(width), window samples/20
+    batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
     lr_warmup_steps: int = Field(100, ge=0)
     lr_decay_frac: float = Field(0.2, ge=0, le=1)  # linear decay to 0 over the last fraction
     adam_beta1: float = Field(0.9, ge=0, lt=1)
@@ -285,7 +302,7 @@ class TrainConfig(Section):
     normalize_inputs: bool = True  # scale so mean ||x|| = sqrt(d_in); folded out at export
     norm_estimate_batches: int = Field(8, ge=1)
     # a latent is dead if it has not fired in this many training samples
-    dead_window_samples: int = Field(1_000_000, ge=1)
+    dead_window_samples: int | None = Field(None, ge=1)
     # relu/gated resampling (Towards Monosemanticity): at these fractions of training
     resample_at: list[float] = [0.25, 0.5, 0.75]
     resample_sample_rows: int = Field(65_536, ge=1)
