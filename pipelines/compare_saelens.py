@@ -31,6 +31,7 @@ from sae.sources.base import GroundTruthSource
 from sae.sources.synthetic import SyntheticSource
 from sae.sources.toy import ToySuperposition
 from sae.tables import format_table
+from sae.training.schedule import batch_size
 
 SAELENS_ARCH = {
     "relu": "standard",
@@ -105,7 +106,7 @@ def train_saelens(cfg: Config, source: GroundTruthSource, budget: float, max_sam
             feature_dict,
             generator,
             training_samples=max_samples,
-            batch_size=cfg.train.batch_size,
+            batch_size=batch_size(cfg.train),
             n_snapshots=4000,  # budget checks, evenly spaced over max_samples
             snapshot_fn=stop_when_spent,
         )
