@@ -291,7 +291,7 @@ class SAEEntry(SAEConfig):
 class TrainConfig(Section):
     samples: int = Field(4_000_000, ge=1)
     # batch_size, lr, dead_window_samples: None follows the run (sae/training/schedule.py):
-    # about 4000 steps, lr 2e-3 at 1024 latents falling as 1/sqrt(width), window samples/20
+    # about 4000 steps, lr 4e-3 at 1024 latents falling as 1/sqrt(width), window samples/20
     batch_size: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
     lr_warmup_steps: int = Field(100, ge=0)
