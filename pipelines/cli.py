@@ -255,6 +255,19 @@ def _bench_train(args: argparse.Namespace) -> None:
     )
 
 
+def _bench_suite(args: argparse.Namespace) -> None:
+    from sae.models.registry import architecture_names
+
+    archs = _names(args.archs, tuple(architecture_names()), "--archs")
+    trainers = _names(args.trainers, ("ours", "saelens", "oracle"), "--trainers")
+    if args.json is not None:
+        _check_out_file(args.json)
+    from pipelines.bench.suite import run_suite
+
+    cases = [name for name in (args.cases or "").split(",") if name] or None
+    run_suite(archs, args.quick, trainers, cases, args.overrides, args.json)
+
+
 def _bench_multi(args: argparse.Namespace) -> None:
     ((d, m, batch),) = _shapes(args.point)
     if not 1 <= args.saes <= 8 or args.steps < 1:
@@ -556,6 +569,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="CPU threads for both sides (default: torch's)"
     )
     train.set_defaults(handler=_bench_train)
+
+    suite = bench_sub.add_parser(
+        "suite", help="the ground-truth suite (configs/suite) on the defaults: ours, SAELens, oracle"
+    )
+    suite.add_argument("--quick", action="store_true", help="a representative third of the cases")
+    suite.add_argument("--archs", default="batchtopk", help="architectures, comma-separated")
+    suite.add_argument("--trainers", default="ours,saelens,oracle", help="comma-separated")
+    suite.add_argument("--cases", default=None, help="case names, comma-separated (default: all)")
+    suite.add_argument("--json", type=Path, default=None, help="write rows, settings, summary here")
+    suite.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a default in every case (ablations; not for headline figures)",
+    )
+    suite.set_defaults(handler=_bench_suite)
 
     multi = bench_sub.add_parser(
         "multi", help="N SAEs on shared batches vs N separate runs, wall-clock"

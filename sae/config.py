@@ -340,6 +340,12 @@ class SAEConfig(Section):
     """AuxK: dead latents per row; default d_in // 2 (sparsify)."""
     aux_coefficient: float = Field(1 / 32, ge=0)
     """AuxK loss weight."""
+    target_l0: float | None = Field(None, gt=0)
+    """Active latents per row wanted. topk, batchtopk, matryoshka (and jumprelu's warm start)
+    take it as k (topk rounded); relu, gated and jumprelu reach it by a controller that scales
+    their sparsity coefficient during training (sae/training/l0_control.py), so no coefficient
+    needs hand-tuning.
+    """
     b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
     """Where b_dec starts: the data's geometric median, its mean, or zero."""
 
@@ -408,6 +414,17 @@ class KOptions(ArchitectureOptions):
     """Active latents per row (batch-averaged for the batch variants, which may take a
     fractional k, as in SAELens).
     """
+
+    @model_validator(mode="after")
+    def _target_as_k(self) -> KOptions:
+        if self.target_l0 is None:
+            return self
+        k = float(round(self.target_l0)) if self.arch == "topk" else self.target_l0
+        if "k" in self.model_fields_set and self.k != k:
+            raise ValueError(f"set k or target_l0, not both (k={self.k:g}, target_l0={k:g})")
+        if self.k != k:
+            self.k = max(k, 1.0)
+        return self
 
     @model_validator(mode="after")
     def _k_fits(self) -> KOptions:
@@ -485,10 +502,14 @@ def entry_model(options: type[SAEConfig]) -> type[SAEConfig]:
 class TrainConfig(Section):
     samples: int = Field(4_000_000, ge=1)
     """Training rows in all (steps = samples / batch_size)."""
-    batch_size: int = Field(4096, ge=1)
-    """Rows per optimizer step."""
-    lr: float = Field(4e-4, gt=0, le=MAX_LR)
-    """Adam's learning rate (a `saes:` entry may set its own)."""
+    batch_size: int | None = Field(None, ge=1)
+    """Rows per optimizer step. None follows the run (sae/training/schedule.py): a power of
+    two from 256 to 4096 giving about 4000 steps.
+    """
+    lr: float | None = Field(None, gt=0, le=MAX_LR)
+    """Adam's learning rate (a `saes:` entry may set its own). None follows the run
+    (sae/training/schedule.py): 4e-3 at 1024 latents, falling as 1/sqrt(width), at most 5e-3.
+    """
     lr_warmup_steps: int = Field(100, ge=0)
     """Steps of linear learning-rate warm-up from 0."""
     lr_decay_frac: float = Field(0.2, ge=0, le=1)
@@ -503,8 +524,10 @@ class TrainConfig(Section):
     """Scale so mean ||x|| = sqrt(d_in); folded out at export."""
     norm_estimate_batches: int = Field(8, ge=1)
     """Batches read to estimate the input scale and b_dec's starting point."""
-    dead_window_samples: int = Field(1_000_000, ge=1)
-    """A latent is dead if it has not fired in this many training samples."""
+    dead_window_samples: int | None = Field(None, ge=1)
+    """A latent is dead if it has not fired in this many training samples. None follows the
+    run (sae/training/schedule.py): samples / 20, at most 1M.
+    """
     resample_at: list[Annotated[float, Field(gt=0, lt=1)]] = [0.25, 0.5, 0.75]
     """Relu/gated resampling (Towards Monosemanticity): at these fractions of training."""
     resample_sample_rows: int = Field(65_536, ge=1)

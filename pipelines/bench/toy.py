@@ -44,6 +44,7 @@ from sae.sources.base import GroundTruthSource
 from sae.sources.synthetic import SyntheticSource
 from sae.sources.toy import ToySuperposition
 from sae.tables import format_table
+from sae.training.schedule import batch_size, learning_rate
 
 SAELENS_DEFAULT_LR = 3e-4  # train_toy_sae's default
 SWEEP_LRS = (3e-4, 1e-3, 3e-3)
@@ -110,7 +111,7 @@ def train_saelens(
             feature_dict,
             generator,
             training_samples=max_samples,
-            batch_size=cfg.train.batch_size,
+            batch_size=batch_size(cfg.train),
             lr=lr,
             n_snapshots=4000,  # budget checks, evenly spaced over max_samples
             snapshot_fn=stop_when_spent,
@@ -158,8 +159,8 @@ def _sparsify(
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "sparsify-data"))
     samples, started = 0, time.perf_counter()
     while samples < max_samples and time.perf_counter() - started < budget:
-        coder.step(source.sample_with_features(cfg.train.batch_size, generator)[0])
-        samples += cfg.train.batch_size
+        coder.step(source.sample_with_features(batch_size(cfg.train), generator)[0])
+        samples += batch_size(cfg.train)
     seconds = time.perf_counter() - started
     coder.eval()
     return {
@@ -186,7 +187,8 @@ def run_compare(
     """Every run (key `swept`: part of the sweep), then the summary table of each side's
     default-lr and best-of-sweep rows."""
     source = build_ground_truth(cfg)
-    ours_lrs = list(dict.fromkeys([cfg.train.lr, *lrs]))
+    own_lr = learning_rate(cfg.train, cfg.sae.d_sae)  # the config's, or the run-following default
+    ours_lrs = list(dict.fromkeys([own_lr, *lrs]))
     theirs_lrs = list(dict.fromkeys([SAELENS_DEFAULT_LR, *lrs]))
     ours = [{**_ours(cfg, source, lr), "swept": lr in lrs} for lr in ours_lrs]
     budget, max_samples = ours[0]["seconds"], ours[0]["samples"] * 8
@@ -194,7 +196,7 @@ def run_compare(
     theirs = [
         {**_theirs(cfg, source, lr, budget, max_samples), "swept": lr in lrs} for lr in theirs_lrs
     ]
-    table = _summary_rows(ours, cfg.train.lr) + _summary_rows(theirs, SAELENS_DEFAULT_LR)
+    table = _summary_rows(ours, own_lr) + _summary_rows(theirs, SAELENS_DEFAULT_LR)
     peer: list[dict[str, Any]] = []
     if cfg.sae.arch == "topk" and sparsify_available():
         own = sparsify_default_lr(cfg.sae.d_sae)

@@ -80,11 +80,26 @@ def _config_line(metrics: dict[str, Any]) -> str:
     return escape(" · ".join(parts))
 
 
+def _dead_window(train: dict[str, Any]) -> int | None:
+    """train.dead_window_samples as the run used it (None in the config follows the run)."""
+    if not train:
+        return None
+    from pydantic import ValidationError
+
+    from sae.config import TrainConfig
+    from sae.training.schedule import dead_window
+
+    try:
+        return dead_window(TrainConfig.model_validate(train))
+    except ValidationError:  # a config from another version: say nothing rather than guess
+        return train.get("dead_window_samples")
+
+
 def _dead_note(metrics: dict[str, Any]) -> str:
     """Training and evaluation call different latents dead; say how each counts, so that a
     dead fraction of 0.004 next to 99 of 1024 dead reads as two windows, not a contradiction."""
     config = metrics.get("config") or {}
-    window = (config.get("train") or {}).get("dead_window_samples")
+    window = _dead_window(config.get("train") or {})
     rows = (config.get("eval") or {}).get("samples")
     if window is None or rows is None:
         return ""

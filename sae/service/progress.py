@@ -10,7 +10,7 @@ from typing import Any
 
 from sae.service.db import Job
 
-METRICS_LOG = "metrics.jsonl"  # sae/training/run_log.py
+METRICS_LOG = "metrics.jsonl"  # sae/training/training_log.py
 METRICS = "metrics.json"
 FIELDS = ("step", "samples", "loss", "l0", "explained_variance", "dead_fraction", "sae")
 

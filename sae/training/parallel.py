@@ -23,6 +23,7 @@ from sae.distributed import World
 from sae.errors import ConfigError
 from sae.sources.base import ActivationSource
 from sae.streams import BatchStream, Wrapping
+from sae.training.schedule import batch_size
 
 
 def parallel_mode(tc: TrainConfig, n_saes: int, world: World) -> str:
@@ -37,9 +38,9 @@ def parallel_mode(tc: TrainConfig, n_saes: int, world: World) -> str:
             f"train.parallel is 'saes' but {n_saes} SAE(s) cannot fill {world.size} ranks; "
             "use train.parallel=data or fewer ranks"
         )
-    if mode == "data" and tc.batch_size % world.size:
+    if mode == "data" and batch_size(tc) % world.size:
         raise ConfigError(
-            f"train.batch_size {tc.batch_size} must divide into {world.size} equal rank slices "
+            f"train.batch_size {batch_size(tc)} must divide into {world.size} equal rank slices "
             "for data-parallel training"
         )
     return mode

@@ -42,7 +42,9 @@ from sae.seeding import derive_seed
 from sae.sources.base import ActivationSource
 from sae.sources.prefetch import Prefetcher
 from sae.streams import BatchStream
+from sae.training import schedule
 from sae.training.checkpoint import CHECKPOINT, check_same_run, int_keys
+from sae.training.l0_control import L0Controller, controlled
 from sae.training.parallel import owned_saes, parallel_mode, rank_stream
 from sae.training.training_log import TrainingLog
 
@@ -77,7 +79,8 @@ class SAETraining:
         self.name, self.hook, self.tc = entry.name or "sae", entry.hook, tc
         self.group = group  # the data-parallel ranks sharing each batch (LOCAL: none)
         self.sae = sae.to(device)
-        self.lr = entry.lr or tc.lr
+        self.lr = entry.lr or schedule.learning_rate(tc, sae.d_sae)
+        self.dead_window = schedule.dead_window(tc)
         self.optimizer = torch.optim.Adam(
             self.sae.parameters(),
             lr=self.lr,
@@ -90,6 +93,10 @@ class SAETraining:
         self.input_scale = 1.0
         self.bf16 = uses_bf16(tc.precision, device)
         self.sparse = {"auto": None, "sparse": True, "dense": False}[tc.kernels]
+        target = sae.cfg.target_l0
+        self.l0_control = (
+            L0Controller(target, sae.cfg.arch) if target and controlled(sae.cfg.arch) else None
+        )
         # the first step whose loss was NaN or inf (-1: none). On an accelerator it stays on
         # the device, so that watching every step costs no synchronisation, and is read where
         # the loop syncs anyway; on the CPU a Python check is cheaper (1 vs 115 us a step,
@@ -103,7 +110,7 @@ class SAETraining:
         return batch[self.hook] if self.hook else next(iter(batch.values()))
 
     def dead(self) -> Tensor:
-        return self.samples_since_fired >= self.tc.dead_window_samples
+        return self.samples_since_fired >= self.dead_window
 
     @torch.no_grad()
     def initialise(self, sample: Tensor) -> None:
@@ -118,8 +125,9 @@ class SAETraining:
 
     def train_step(self, x: Tensor, step: int, total_steps: int) -> TrainOutput:
         warmup = self.sae.cfg.sparsity_warmup() * total_steps
+        ramp = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
         ctx = StepContext(
-            sparsity_scale=min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0,
+            sparsity_scale=ramp * (self.l0_control.multiplier if self.l0_control else 1.0),
             progress=step / total_steps,
             dead_mask=self.dead(),
             sparse=self.sparse,
@@ -141,6 +149,9 @@ class SAETraining:
         with torch.no_grad():
             fired = self.group.any(out.latents.fired())
             self.samples_since_fired.add_(self.group.rows(x.shape[0])).masked_fill_(fired, 0)
+        if self.l0_control is not None:
+            warming = self.sae.warm_startable and ctx.progress < self.sae.cfg.warm_start_frac
+            self.l0_control.update(out.latents.l0(), integrate=ramp >= 1.0 and not warming)
         return out
 
     def _watch_loss(self, loss: Tensor, step: int) -> None:
@@ -196,7 +207,11 @@ class SAETraining:
             "l0": l0_sum / size,
             "explained_variance": 1 - residual_sum / variance,
             "dead_fraction": float(self.dead().float().mean()),
+            **self._control_record(),
         }
+
+    def _control_record(self) -> dict[str, float]:
+        return {"sparsity_multiplier": self.l0_control.multiplier} if self.l0_control else {}
 
     def state(self) -> dict[str, Any]:
         return {
@@ -205,6 +220,7 @@ class SAETraining:
             "optimizer": self.optimizer.state_dict(),
             "samples_since_fired": self.samples_since_fired,
             "generator": self.generator.get_state(),
+            **({"l0_control": self.l0_control.state()} if self.l0_control else {}),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -213,6 +229,8 @@ class SAETraining:
         self.samples_since_fired.copy_(state["samples_since_fired"])
         self.generator.set_state(state["generator"])
         self.input_scale = float(state["input_scale"])
+        if self.l0_control is not None:
+            self.l0_control.load_state(state["l0_control"])
 
     @torch.no_grad()
     def resample_dead(self, x: Tensor, encoder_scale: float) -> None:
@@ -276,7 +294,7 @@ class Trainer:
         self.world = world or distributed.world()
         self.device = pick_device(cfg.train.device, "train.device")
         self.tc = cfg.train
-        self.batch_size = self.tc.batch_size
+        self.batch_size = schedule.batch_size(self.tc)
         self.total_steps = math.ceil(self.tc.samples / self.batch_size)
         entries = {entry.name: entry for entry in cfg.sae_entries()}
         saes = {"sae": sae} if isinstance(sae, SparseAutoencoder) else dict(sae)
