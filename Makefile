@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/sae run configs/quickstart.yaml --out runs/quickstart
 
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 test-all: install
 	$(BIN)/pytest -q -m ''
