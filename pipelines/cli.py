@@ -387,14 +387,25 @@ def _service_parsers(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000, help="0: any free port")
     serve.add_argument("--workers", type=int, default=1, help="jobs run at once")
     serve.add_argument("--token", default=None, help="required on every request (or SAE_SERVE_TOKEN)")
-    serve.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local")
+    serve.add_argument(
+        "--executor",
+        choices=("local", "slurm", "submitit-local"),
+        default="local",
+        help="where jobs run: child processes here, Slurm through submitit, or submitit's "
+        "local executor",
+    )
     serve.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                        help="submitit parameter for --executor slurm, e.g. slurm_partition=gpu")
     serve.set_defaults(handler=_serve)
     submit = sub.add_parser("submit", help="send a config to a running sae serve")
     submit.add_argument("config", type=Path, help="YAML config file (lists make a sweep)")
     submit.add_argument("--server", default=None, help="URL (default $SAE_SERVER or :8000)")
-    submit.add_argument("--kind", choices=("run", "toy", "train", "harvest"), default="run")
+    submit.add_argument(
+        "--kind",
+        choices=("run", "toy", "train", "harvest"),
+        default="run",
+        help="which pipeline runs the config (the sae command of that name)",
+    )
     submit.add_argument("--nproc", type=int, default=1, help="ranks under torchrun")
     submit.add_argument("--token", default=None, help="the server's token (or SAE_SERVE_TOKEN)")
     submit.add_argument("--watch", action="store_true", help="print progress until the end")
