@@ -24,6 +24,7 @@ from sae.hooked_models.loading import load_language_model
 from sae.seeding import derive_seed
 from sae.sources.model_activations import LMSource
 from tests.conftest import tiny_tree, write_config
+from tests.saelens_helpers import TokenBatches
 
 HOOK = "blocks.1.hook_resid_post"
 NUMERIC = (int, float)
@@ -85,22 +86,14 @@ def test_a_saelens_saved_sae_evaluates_as_saelens_evals_measure_it(tmp_path: Pat
 
     tokens = read_eval_windows(source, cfg.eval, derive_seed(cfg.seed, "eval")).tokens
 
-    class Windows:  # the one ActivationsStore method these evals call
-        def __init__(self) -> None:
-            self.next = 0
-
-        def get_batch_tokens(self, n: int) -> torch.Tensor:
-            self.next += n
-            return tokens[self.next - n : self.next]
-
     special = list(get_special_token_ids(model.tokenizer))
     common = {"n_batches": len(tokens) // 8, "eval_batch_size_prompts": 8, "ignore_tokens": special}
     behaviour = get_downstream_reconstruction_metrics(
-        sae, model.model, Windows(), ActivationScaler(), compute_kl=True, compute_ce_loss=True,
+        sae, model.model, TokenBatches(tokens), ActivationScaler(), compute_kl=True, compute_ce_loss=True,
         **common,
     )  # fmt: skip
     recon, features = get_sparsity_and_variance_metrics(
-        sae, model.model, Windows(), ActivationScaler(), compute_l2_norms=False,
+        sae, model.model, TokenBatches(tokens), ActivationScaler(), compute_l2_norms=False,
         compute_sparsity_metrics=True, compute_variance_metrics=True,
         compute_featurewise_density_statistics=True, model_kwargs={}, **common,
     )  # fmt: skip

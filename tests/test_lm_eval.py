@@ -21,6 +21,7 @@ from sae.models import SparseAutoencoder, build_sae
 from sae.publish.saelens import load_saelens, save_saelens
 from sae.sources.model_activations import LMSource
 from tests.lm_checkpoints import english_lines, save_tiny_gpt2
+from tests.saelens_helpers import TokenBatches
 
 HOOK = "blocks.1.hook_resid_post"
 SEED = 7
@@ -114,20 +115,12 @@ def test_metrics_match_saelens_evals_on_the_same_windows(
     reference = load_saelens(tmp_path / "sae")
     tokens = read_eval_windows(source, cfg, SEED).tokens
 
-    class Windows:  # the one ActivationsStore method these evals call
-        def __init__(self) -> None:
-            self.next = 0
-
-        def get_batch_tokens(self, n: int) -> torch.Tensor:
-            self.next += n
-            return tokens[self.next - n : self.next]
-
     special = list(get_special_token_ids(bundled.tokenizer))
     batches = len(tokens) // 8
     behaviour = get_downstream_reconstruction_metrics(
         reference,
         bundled.model,
-        Windows(),
+        TokenBatches(tokens),
         ActivationScaler(),
         compute_kl=True,
         compute_ce_loss=True,
@@ -138,7 +131,7 @@ def test_metrics_match_saelens_evals_on_the_same_windows(
     recon, features = get_sparsity_and_variance_metrics(
         reference,
         bundled.model,
-        Windows(),
+        TokenBatches(tokens),
         ActivationScaler(),
         n_batches=batches,
         compute_l2_norms=False,
