@@ -23,6 +23,7 @@ import yaml
 
 from sae.config import Config, load_config
 from sae.errors import UserError
+from sae.output_dir import check_run_dir
 
 METRICS = "metrics.json"
 
@@ -82,11 +83,9 @@ def _start(
     out: str | Path,
     overrides: Mapping[str, Any] | None,
 ) -> Run:
-    from pipelines.cli import _check_out_dir as check_out_dir  # the CLI's own --out check
-
     cfg = load_config(config, _overrides(overrides))
     out = Path(out)
-    check_out_dir(out)
+    check_run_dir(out)  # as the CLI checks --out: writable, new or made by sae
     pipeline(cfg, out)
     return Run(out)
 

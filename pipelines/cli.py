@@ -8,7 +8,6 @@ Errors the user can act on are printed as `sae: error: ...` without a traceback 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,23 +43,15 @@ def _config_args(
 
 
 def _check_run_dir(path: Path) -> None:
-    """An --out for a training run: writable, and new or made by sae (sae/output_dir.py)."""
-    from sae.output_dir import check_output_dir
+    from sae.output_dir import check_run_dir
 
-    check_output_dir(path)
-    _check_out_dir(path)
+    check_run_dir(path)
 
 
 def _check_out_dir(path: Path, flag: str = "--out") -> None:
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path} exists and is not a directory")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"{flag} {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"{flag} {path}: directory {parent} is not writable")
+    from sae.output_dir import check_writable_dir
+
+    check_writable_dir(path, flag)
 
 
 @contextmanager

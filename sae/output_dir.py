@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import fcntl
 import json
+import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -60,6 +61,26 @@ def check_output_dir(directory: Path) -> None:
             f"--out {directory} is not empty and was not made by sae (no {MARKER}); "
             f"refusing to write next to {shown}: give a new or empty directory"
         )
+
+
+def check_writable_dir(path: Path, flag: str = "--out") -> None:
+    """`path` is, or can be made, a writable directory; a UserError naming `flag` if not."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} exists and is not a directory")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{flag} {path}: directory {parent} is not writable")
+
+
+def check_run_dir(path: Path) -> None:
+    """An output directory for a training run: writable, and new or made by sae. Checked
+    before any work; claim_output_dir takes it when the run starts."""
+    check_output_dir(path)
+    check_writable_dir(path)
 
 
 @contextmanager
