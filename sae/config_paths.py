@@ -13,17 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sae.paths import looks_like_local_path
+
 # keys that always hold a path
 PATH_KEYS = (("data", "store"),)
 # keys that hold a path or a name: a built-in, a hub model or dataset
 PATH_OR_NAME_KEYS = (("data", "lm", "model"), ("data", "lm", "dataset"))
 BUILT_IN_NAMES = ("bundled", "generated")
-
-
-def _written_as_path(value: str) -> bool:
-    """As sae.io.looks_like_local_path (which would load torch here, before any validation):
-    hub names are "name" or "owner/name"; "./x", "../x" and "a/b/c" are paths."""
-    return value.startswith(".") or value.count("/") > 1
 
 
 def _relative(value: Any) -> bool:
@@ -45,7 +41,7 @@ def resolve_config_paths(tree: dict[str, Any], config_file: Path) -> None:
             continue
         value = node[keys[-1]]
         if keys in PATH_OR_NAME_KEYS:
-            is_path = (base / value).exists() or _written_as_path(value)
+            is_path = (base / value).exists() or looks_like_local_path(value)
             if value in BUILT_IN_NAMES or not is_path:
                 continue  # a hub name, resolved by the hub
         node[keys[-1]] = _resolve(base, value)

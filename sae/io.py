@@ -30,14 +30,6 @@ _TENSOR = "__tensor__"
 _STATE = "sae_state"  # the one metadata entry of a state file: {"hash": ..., "state": ...}
 
 
-def looks_like_local_path(name: str) -> bool:
-    """Whether a model or dataset reference that does not exist was meant as a local path.
-
-    Hub names are "name" or "owner/name"; "./x", "/x", "~/x" and "a/b/c" are paths.
-    """
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1
-
-
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -28,3 +28,10 @@ def plain_name(name: object, what: str) -> str:
         )
     return text
 
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether a model or dataset reference that does not exist was meant as a local path.
+
+    Hub names are "name" or "owner/name"; "./x", "/x", "~/x" and "a/b/c" are paths.
+    """
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1

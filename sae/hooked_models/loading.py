@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from sae.device import pick_device
 from sae.errors import ConfigError, UserError, first_line
 from sae.hooked_models.models import HFModel, LanguageModel, TransformerLensModel
-from sae.io import looks_like_local_path
+from sae.paths import looks_like_local_path
 
 if TYPE_CHECKING:
     from sae.config import LMConfig

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from sae.errors import ConfigError, DataError, first_line
-from sae.io import looks_like_local_path
+from sae.paths import looks_like_local_path
 from sae.sources.local_datasets import check_dataset_folder, open_dataset_folder
 
 GENERATED = "generated"
