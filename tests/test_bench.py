@@ -101,6 +101,7 @@ def test_bench_serve_times_listing_jobs_through_a_real_server(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     row = json.loads(out.read_text())
     assert row["list_jobs"] == 30 and 0 < row["list_p50_ms"] <= row["list_p95_ms"]
+    assert 0 < row["uncached_p50_ms"] <= row["uncached_p95_ms"]
 
 
 @pytest.mark.slow

@@ -4,7 +4,8 @@ overhead: the same config run by `sae run CONFIG --out DIR` as a user would star
 clock of the process) and through `sae serve` (submit to the job's end event, as
 `sae submit --watch` sees it), alternating so that load on a shared machine hits both alike.
 listing: GET /api/jobs over a state directory holding `jobs` finished jobs, each with a
-metrics.json, p50 and p95 latency of `requests` calls from one client.
+metrics.json, p50 and p95 latency of `requests` calls from one client: the repeated call the
+server answers from its cache while no job runs, and uncached calls that rebuild the list.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ SAMPLE_METRICS = {
     "source": {"kind": "synthetic", "num_features": 48, "d_in": 32},
 }  # fmt: skip
 COLUMNS = ("direct_seconds", "service_seconds", "overhead", "list_jobs", "list_p50_ms",
-           "list_p95_ms")  # fmt: skip
+           "list_p95_ms", "uncached_p50_ms", "uncached_p95_ms")  # fmt: skip
 URL = re.compile(rb"sae serve: (http://127\.0\.0\.1:\d+)")
 
 
@@ -102,15 +103,22 @@ def _fill(state: StateDir, jobs: int, metrics: dict[str, Any]) -> None:
     store.close()
 
 
-def _list_latency(url: str, requests: int) -> list[float]:
-    seconds = []
+def _list_latency(url: str, requests: int, jobs: int) -> tuple[list[float], list[float]]:
+    """Seconds per GET /api/jobs: repeated (the server's cached answer while nothing runs),
+    and each with another `limit` at or above `jobs`, the same list built afresh each time."""
+    cached, fresh = [], []
     with httpx.Client() as client:
         client.get(f"{url}/api/jobs").raise_for_status()  # metrics read once, then cached
-        for _ in range(requests):
-            started = time.perf_counter()
-            client.get(f"{url}/api/jobs").raise_for_status()
-            seconds.append(time.perf_counter() - started)
-    return seconds
+        for i in range(requests):
+            for seconds, params in ((cached, {}), (fresh, {"limit": jobs + i})):
+                started = time.perf_counter()
+                client.get(f"{url}/api/jobs", params=params).raise_for_status()
+                seconds.append(time.perf_counter() - started)
+    return sorted(cached), sorted(fresh)
+
+
+def _percentile_ms(seconds: list[float], q: float) -> float:
+    return 1000 * seconds[min(len(seconds) - 1, int(q * len(seconds)))]
 
 
 def run_bench_serve(
@@ -135,7 +143,7 @@ def run_bench_serve(
         _fill(state, jobs, json.loads(found.read_text()) if found else SAMPLE_METRICS)
         server, url, _ = _start_server(state.root, workers=0)
         try:
-            latency = sorted(_list_latency(url, requests))
+            cached, fresh = _list_latency(url, requests, jobs)
         finally:
             _stop(server)
     row = {
@@ -144,8 +152,10 @@ def run_bench_serve(
             "overhead": statistics.median(service) / statistics.median(direct) - 1}
            if repeats else {}),
         "list_jobs": jobs,
-        "list_p50_ms": 1000 * latency[len(latency) // 2],
-        "list_p95_ms": 1000 * latency[min(len(latency) - 1, int(0.95 * len(latency)))],
+        "list_p50_ms": _percentile_ms(cached, 0.5),
+        "list_p95_ms": _percentile_ms(cached, 0.95),
+        "uncached_p50_ms": _percentile_ms(fresh, 0.5),
+        "uncached_p95_ms": _percentile_ms(fresh, 0.95),
     }
     print(format_table([row], [c for c in COLUMNS if c in row]))
     if out_json is not None:
