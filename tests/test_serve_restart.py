@@ -44,6 +44,8 @@ def test_a_killed_server_resumes_its_running_job_once_to_identical_weights(tmp_p
         assert jobs.keys() == {running, waiting}
         job = wait_state(restarted, running, ("done", "failed"), timeout=400)
         assert (job["state"], job["attempts"]) == ("done", 2)
+        # picked up from its checkpoint, not started over (the weights alone can't tell)
+        assert "sae: resuming from step" in restarted.api("GET", f"/api/jobs/{running}/logs").text
         restarted.api("POST", f"/api/jobs/{waiting}/cancel")
     finally:
         stop_server(restarted)

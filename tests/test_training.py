@@ -69,6 +69,7 @@ def test_resume_after_sigkill_ends_with_identical_weights(tmp_path: Path) -> Non
         proc.wait()
     resumed = run_cli("toy", str(config), "--out", str(killed))
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert "sae: resuming from step" in resumed.stderr.read()  # not started over
 
     a = load_file(str(tmp_path / "straight" / "sae" / "sae_weights.safetensors"))
     b = load_file(str(killed / "sae" / "sae_weights.safetensors"))

@@ -19,6 +19,7 @@ again ends with the same weights as one that was never interrupted.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -431,6 +432,9 @@ class Trainer:
         stream.load_state_dict(state["stream"])
         self.step, self.seconds = int(state["step"]), float(state["seconds"])
         self.run_id = state["run_id"]
+        if self.world.main:  # says a resumed run from a fresh one, in logs that outlive a terminal
+            print(f"sae: resuming from step {self.step} of {self.total_steps} "
+                  f"({self.checkpoint_path})", file=sys.stderr, flush=True)  # fmt: skip
 
     def _checkpoint(self, stream: BatchStream, log: TrainingLog | None) -> None:
         """Rank 0 writes the one checkpoint; SAE-parallel ranks send it their SAEs' states."""
