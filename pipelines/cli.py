@@ -370,6 +370,16 @@ def _bench_serve(args: argparse.Namespace) -> None:
     run_bench_serve(args.config, args.repeats, args.jobs, args.requests, args.json)
 
 
+def _bench_startup(args: argparse.Namespace) -> None:
+    if args.repeats < 1:
+        raise UserError("--repeats must be at least 1")
+    if args.json is not None:
+        _check_out_file(args.json)
+    from pipelines.bench.startup import run_bench_startup
+
+    run_bench_startup(args.repeats, args.json)
+
+
 def _service_parsers(sub: argparse._SubParsersAction) -> None:
     """`sae serve` and `sae submit` (sae/service/)."""
     serve = sub.add_parser("serve", help="job queue + HTTP API + web UI over these commands")
@@ -628,6 +638,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench_serve.add_argument("--requests", type=int, default=200, help="timed GET /api/jobs")
     bench_serve.add_argument("--json", type=Path, default=None, help="write the row as JSON here")
     bench_serve.set_defaults(handler=_bench_serve)
+
+    startup = bench_sub.add_parser(
+        "startup",
+        help="seconds to an answer (--help, --version, config errors, a no-op rerun) in fresh "
+        "processes, next to import torch",
+    )
+    startup.add_argument("--repeats", type=int, default=5, help="runs of each case (median shown)")
+    startup.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
+    startup.set_defaults(handler=_bench_startup)
     return parser
 
 

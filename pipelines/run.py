@@ -24,19 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.harvest import build_harvest_source, check_harvest, run_harvest
-from pipelines.train_and_evaluate import SUMMARY_COLUMNS, evaluate_and_export, split_training_log
+from pipelines.train_and_evaluate import SUMMARY_COLUMNS
 from sae import distributed
 from sae.config import Config, DataConfig, to_dict, validate_tree
 from sae.errors import ConfigError
-from sae.models import build_sae
 from sae.output_dir import claim_output_dir
 from sae.publish.release import publish_run
 from sae.report import REPORT, build_report
 from sae.sources.base import ActivationSource
-from sae.sources.store import StoreSource
 from sae.tables import format_table
 from sae.training.checkpoint import check_resumable
-from sae.training.trainer import Trainer
 
 STORE = "store"
 PUBLISHED = "published"
@@ -100,8 +97,45 @@ def _run_pipeline(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
     if existing is None or not existing.complete or (pending and cfg.data.lm is not None):
         live = build_harvest_source(cfg)
     run_harvest(cfg, store_dir, source=live)
+    world = distributed.world()
+    if pending:
+        _train_and_evaluate(cfg, out_dir, dirs, pending, live)
+    elif world.main:
+        # Every SAE is evaluated, so its training is finished: a finished run builds no SAE
+        # and no trainer (its Adam alone imports torch._dynamo, ~2 s of a ~6 s no-op rerun).
+        for directory in dirs.values():
+            print(f"{directory / METRICS}: already evaluated")
+    world.barrier()
+    if not world.main:  # rank 0 reports and publishes
+        return []
+    for directory in dirs.values():
+        if not (directory / REPORT).is_file():  # killed between metrics.json and the report
+            build_report(directory)
+    published = publish_run(out_dir, out_dir / PUBLISHED, skip_existing=True)
+
+    results = [_read_json(d / METRICS) for d in dirs.values()]
+    columns = LM_COLUMNS if cfg.data.lm is not None else ("name", *SUMMARY_COLUMNS)
+    print(format_table(results, [c for c in columns if c in results[0]]))
+    print(f"report: {', '.join(str(d / REPORT) for d in dirs.values())}")
+    print(f"published: {', '.join(str(p) for p in published)}")
+    return results
+
+
+def _train_and_evaluate(
+    cfg: Config,
+    out_dir: Path,
+    dirs: dict[str, Path],
+    pending: list[str],
+    live: ActivationSource | None,
+) -> None:
+    """Train every SAE (or continue from the checkpoint) and evaluate those not yet evaluated."""
+    from pipelines.train_and_evaluate import evaluate_and_export, split_training_log
+    from sae.models import build_sae
+    from sae.sources.store import StoreSource
+    from sae.training.trainer import Trainer
 
     hooks = cfg.data.lm.hooks if cfg.data.lm is not None else []
+    store_dir = out_dir / STORE
     store = StoreSource(DataConfig(store=store_dir, hook=hooks[0] if len(hooks) == 1 else None))
     saes = {e.name: build_sae(e, store.width(e.hook), cfg.seed) for e in cfg.sae_entries()}
     trainer = Trainer(cfg, saes, store, out_dir)
@@ -127,20 +161,6 @@ def _run_pipeline(cfg: Config, out_dir: Path) -> list[dict[str, Any]]:
             ground_truth=ground_truth,
             lm=lm,  # type: ignore[arg-type]
         )
-    trainer.world.barrier()
-    if not trainer.world.main:  # rank 0 reports and publishes
-        return []
-    for directory in dirs.values():
-        if not (directory / REPORT).is_file():  # killed between metrics.json and the report
-            build_report(directory)
-    published = publish_run(out_dir, out_dir / PUBLISHED, skip_existing=True)
-
-    results = [_read_json(d / METRICS) for d in dirs.values()]
-    columns = LM_COLUMNS if cfg.data.lm is not None else ("name", *SUMMARY_COLUMNS)
-    print(format_table(results, [c for c in columns if c in results[0]]))
-    print(f"report: {', '.join(str(d / REPORT) for d in dirs.values())}")
-    print(f"published: {', '.join(str(p) for p in published)}")
-    return results
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -361,10 +361,16 @@ class SAEConfig(Section):
 
     def resolve(self) -> SAEConfig:
         """This section validated by its architecture's options model (imports the architecture,
-        and with it torch). Raises ConfigError naming a key the architecture does not take."""
-        from sae.models.registry import architecture
+        and with it torch). Raises ConfigError naming a key the architecture does not take,
+        before that import: the options read from the architecture's file check it first."""
+        from sae.models.registry import architecture, options
 
-        options = architecture(self.arch).Options
+        early = options(self.arch)
+        checked = self._validated_as(early)
+        imported = architecture(self.arch).Options
+        return checked if imported is early else self._validated_as(imported)
+
+    def _validated_as(self, options: type[SAEConfig]) -> SAEConfig:
         model = entry_model(options) if isinstance(self, EntryFields) else options
         if type(self) is model:
             return self
@@ -743,12 +749,12 @@ def _switch_architecture(tree: dict[str, Any], overridden: set[str]) -> None:
     """`--set sae.arch=X` on a config written for another architecture compares architectures
     on one config: the file's keys that X does not take are dropped, and said so. Keys given
     with --set itself are still checked."""
-    from sae.models.registry import architecture, architecture_names
+    from sae.models.registry import architecture_names, options
 
     section = tree.get("sae")
     if not isinstance(section, dict) or section.get("arch") not in architecture_names():
         return  # validation names the problem
-    own = architecture(section["arch"]).Options.model_fields
+    own = options(section["arch"]).model_fields
     dropped = [k for k in section if k not in own and f"sae.{k}" not in overridden]
     for key in dropped:
         del section[key]

@@ -13,7 +13,8 @@ from sae.config import ConfigError, load_config, validate_tree
 from sae.models import architecture_names, build_sae, register_architecture
 from sae.models.architectures.panneal import PAnnealOptions
 from sae.models.architectures.topk import TopKOptions, TopKSAE
-from sae.models.registry import shown_keys
+from sae.models.options_source import options_from_file, source_options
+from sae.models.registry import architecture, builtin_names, shown_keys
 from tests.conftest import tiny_tree, write_config
 
 
@@ -134,3 +135,80 @@ def test_the_recorded_config_holds_each_architectures_own_keys() -> None:
     assert recorded[0]["l1_coefficient"] == 3.0 and "k" not in recorded[0]
     assert recorded[1]["k"] == 4 and "l1_coefficient" not in recorded[1]
     assert to_dict(validate_tree(tiny_tree("relu")))["sae"]["l1_coefficient"] == 5.0
+
+
+@pytest.mark.parametrize("name", builtin_names())
+def test_the_options_read_from_an_architecture_file_are_the_imported_ones(name: str) -> None:
+    """What checks a config before torch is imported: same keys, defaults, limits and methods."""
+    read, imported = source_options(name), architecture(name).Options
+    assert read is not None and read is not imported
+    assert read.model_json_schema() == imported.model_json_schema()
+    assert (read.shown_keys, read.default_remedy) == (imported.shown_keys, imported.default_remedy)
+    written = {"arch": name, "d_sae": 64}
+    one, other = read.model_validate(written), imported.model_validate(written)
+    assert one.model_dump() == other.model_dump()
+    assert one.saelens_training() == other.saelens_training()
+    assert (one.remedy(), one.sparsity_warmup()) == (other.remedy(), other.sparsity_warmup())
+
+
+def test_a_config_error_on_an_architectures_own_key_comes_before_torch_is_imported(
+    tmp_path: Path,
+) -> None:
+    bad = {
+        "relu": {"k": 8},
+        "topk": {"k": -1},
+        "matryoshka": {"k": 4, "matryoshka_widths": [16, 8]},
+        "panneal": {"p_start": 0.5, "p_end": 0.8},
+    }
+    configs = []
+    for arch, keys in bad.items():
+        tree = tiny_tree(arch)
+        tree["sae"] = {"arch": arch, "d_sae": 48, **keys}
+        configs.append(str(write_config(tmp_path / f"{arch}.yaml", tree)))
+    probe = (
+        "import sys\n"
+        "from sae.config import ConfigError, load_config\n"
+        f"for config in {configs!r}:\n"
+        "    try:\n"
+        "        load_config(config)\n"
+        "    except ConfigError as error:\n"
+        "        print(error)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    # the same lines as the imported architectures give
+    expected = []
+    for arch, config in zip(bad, configs, strict=True):
+        architecture(arch)
+        with pytest.raises(ConfigError) as error:
+            load_config(config)
+        expected.append(str(error.value))
+    assert done.stdout.splitlines() == [*expected, "False"], done
+    assert "does not apply to arch relu" in expected[0] and "p_end=0.8" in expected[3]
+
+
+def test_an_architecture_file_is_read_without_its_model_class_or_what_is_not_loaded(
+    tmp_path: Path,
+) -> None:
+    """Only the options are built: the registered class is not run, and a class that needs a
+    module not loaded yet is left to the real import (None)."""
+    source = (
+        "from pydantic import Field\n"
+        "import {module}\n"
+        "from sae.config import KOptions\n"
+        "from sae.models.registry import register_architecture\n"
+        "class ReadOptions(KOptions):\n"
+        "    extra_key: int = Field({default}, ge=0)\n"
+        "@register_architecture\n"
+        "class ReadSAE:\n"
+        "    arch = 'read_only'\n"
+        "    Options = ReadOptions\n"
+    )
+    light = tmp_path / "light.py"
+    light.write_text(source.format(module="math", default="math.floor(2.5)"))
+    read = options_from_file(light)
+    assert read is not None and read.model_fields["extra_key"].default == 2
+    assert "read_only" not in architecture_names()
+    heavy = tmp_path / "heavy.py"
+    heavy.write_text(source.format(module="no_such_module_here", default="no_such_module_here.X"))
+    assert options_from_file(heavy) is None

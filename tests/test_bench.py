@@ -116,3 +116,30 @@ def test_bench_serve_runs_one_config_directly_and_through_the_service(tmp_path: 
     assert result.returncode == 0, result.stderr
     row = json.loads(out.read_text())
     assert row["direct_seconds"] > 0 and row["service_seconds"] > 0
+
+
+def test_bench_startup_times_each_case_in_fresh_processes_next_to_import_torch(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "startup.json"
+    result = sae("bench", "startup", "--repeats", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = {row["case"]: row for row in json.loads(out.read_text())["rows"]}
+    assert list(rows) == [
+        "interpreter", "import torch", "help", "version", "config error", "arch key error",
+        "no-op rerun",
+    ]  # fmt: skip
+    assert all(row["runs"] == 1 and row["median_s"] > 0 for row in rows.values())
+    assert rows["import torch"]["vs_import_torch"] == 1
+    # each case answered as it should, not with a traceback
+    assert rows["config error"]["answer"] == "sae: error: unknown config key 'train.lrr'"
+    assert rows["arch key error"]["answer"].startswith(
+        "sae: error: config key 'sae.k' does not apply to arch relu"
+    )
+    assert rows["version"]["command"] == "sae --version"
+    assert "no-op rerun" in result.stdout and "TMP/" in rows["no-op rerun"]["command"]
+
+
+def test_bench_startup_rejects_no_repeats() -> None:
+    result = sae("bench", "startup", "--repeats", "0")
+    assert result.returncode == 2 and "--repeats must be at least 1" in result.stderr

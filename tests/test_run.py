@@ -171,13 +171,17 @@ def test_the_published_folder_loads_in_saelens_with_identical_outputs(quick_run:
 
 def test_running_a_finished_run_again_skips_every_stage(quick_run: Path, monkeypatch) -> None:
     import pipelines.run as run_module
+    import pipelines.train_and_evaluate
+    import sae.training.trainer
 
     def fail(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
 
     before = {p: p.stat().st_mtime_ns for p in quick_run.rglob("*") if p.is_file()}
     monkeypatch.setattr(run_module, "build_harvest_source", fail)  # no model load, no harvest
-    monkeypatch.setattr(run_module, "evaluate_and_export", fail)
+    monkeypatch.setattr(pipelines.train_and_evaluate, "evaluate_and_export", fail)
+    # nor a trainer to restore the finished checkpoint into (its Adam imports torch._dynamo)
+    monkeypatch.setattr(sae.training.trainer.Trainer, "__init__", fail)
     assert main(sae_args(quick_run)) == 0
     after = {p: p.stat().st_mtime_ns for p in quick_run.rglob("*") if p.is_file()}
     assert after == before

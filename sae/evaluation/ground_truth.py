@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from sae.evaluation.reconstruction import Dictionary, ReconstructionStats
@@ -32,6 +31,10 @@ def cosines(latent_dirs: Tensor, true_dirs: Tensor) -> Tensor:
 
 
 def mcc(cos: Tensor) -> float:
+    # imported here: scipy.optimize costs ~0.5 s to import, which every command that imports
+    # this module (a no-op `sae run` among them) paid before needing it
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(1 - cos.abs().numpy())
     return float(cos.abs()[rows, cols].mean())
 

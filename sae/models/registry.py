@@ -13,13 +13,15 @@ architecture:
 - `saelens_arch` and `saelens_cfg()`: how its weights are exported to SAELens.
 
 Listing the names reads the folder only, so a config is checked against them without importing
-torch; an architecture's module is imported when its options or class are first needed.
+torch; so is an architecture's own keys: `options()` reads a built-in's options model from its
+file (sae/models/options_source.py) until its module is imported for its class.
 `register_architecture` also takes classes defined elsewhere (a notebook, a plugin), as
 SAELens's `register_sae_class` does.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from typing import TYPE_CHECKING, TypeVar
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, TypeVar
 from sae.models import architectures
 
 if TYPE_CHECKING:
+    from sae.config import ArchitectureOptions
     from sae.models.base import SparseAutoencoder
 
 _REGISTERED: dict[str, type[SparseAutoencoder]] = {}
@@ -58,6 +61,24 @@ def architecture(name: str) -> type[SparseAutoencoder]:
     return _REGISTERED[name]
 
 
+def options(name: str) -> type[ArchitectureOptions]:
+    """Architecture `name`'s options model, for its keys and checks: for a built-in whose module
+    is not imported yet, the one read from its file, so that no torch is imported for it. A
+    config's resolved section is an instance of the imported class's (SAEConfig.resolve)."""
+    if name not in _REGISTERED and name in builtin_names():
+        found = _source_options(name)
+        if found is not None:
+            return found
+    return architecture(name).Options
+
+
+@functools.cache
+def _source_options(name: str) -> type[ArchitectureOptions] | None:
+    from sae.models.options_source import source_options
+
+    return source_options(name)
+
+
 def all_architectures() -> dict[str, type[SparseAutoencoder]]:
     """Every architecture by name, the built-in ones imported."""
     return {name: architecture(name) for name in architecture_names()}
@@ -65,7 +86,7 @@ def all_architectures() -> dict[str, type[SparseAutoencoder]]:
 
 def takes(name: str, key: str) -> bool:
     """Whether architecture `name` has the config key `key`."""
-    return key in architecture(name).Options.model_fields
+    return key in options(name).model_fields
 
 
 def shown_keys(name: str | None) -> tuple[str, ...]:
@@ -73,4 +94,4 @@ def shown_keys(name: str | None) -> tuple[str, ...]:
     a name this library does not know (a folder written elsewhere)."""
     if name not in architecture_names():
         return ()
-    return architecture(name).Options.shown_keys
+    return options(name).shown_keys
