@@ -45,12 +45,12 @@ def _section(annotation: Any) -> type[BaseModel] | None:
 
 def _architecture_fields(arch: Any) -> dict[str, Any]:
     """The keys of the named architecture (of each, when arch itself is swept)."""
-    from sae.models.registry import architecture, architecture_names
+    from sae.models.registry import architecture_names, options
 
     fields: dict[str, Any] = {}
     for name in arch if isinstance(arch, list) else [arch]:
         if isinstance(name, str) and name in architecture_names():
-            fields |= architecture(name).Options.model_fields
+            fields |= options(name).model_fields
     return fields
 
 
