@@ -35,6 +35,17 @@ def test_suite_json_rows_follow_the_contract(tmp_path: Path) -> None:
     assert rows[2]["mcc"] > 0.95
 
 
+def test_suite_rows_carry_an_mcc_curve_that_ends_at_the_final_mcc(tmp_path: Path) -> None:
+    (path,) = case_paths(quick=False, names=["s01_const_2x"])
+    rows, _ = run_case(path, "batchtopk", ["ours"], ["train.samples=20000"])
+    curve = rows[0]["mcc_curve"]
+    samples = [point["samples"] for point in curve]
+    assert len(curve) >= 4 and samples == sorted(samples) and samples[-1] >= 20000
+    # the last point is the trained decoder, which the row's mcc also scores
+    assert curve[-1]["mcc"] == pytest.approx(rows[0]["mcc"], abs=1e-6)
+    assert curve[-1]["mcc"] > curve[0]["mcc"]
+
+
 def test_suite_rejects_an_unknown_case_in_one_line() -> None:
     result = sae("bench", "suite", "--cases", "no_such_case")
     assert result.returncode == 2 and "no_such_case" in result.stderr
