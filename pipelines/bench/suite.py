@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pipelines.bench.curves import curves_html
 from pipelines.bench.toy import SAELENS_DEFAULT_LR, train_saelens
 from pipelines.train_and_evaluate import (
     build_ground_truth,
@@ -207,6 +208,7 @@ def run_suite(
     cases: Sequence[str] | None = None,
     overrides: Sequence[str] = (),
     out_json: Path | None = None,
+    out_curves: Path | None = None,
 ) -> dict[str, Any]:
     paths = case_paths(quick, cases)
     # validate every case before the first long training run
@@ -231,6 +233,8 @@ def run_suite(
     print(format_table(summary, SUMMARY_COLUMNS))
     if out_json is not None:
         _write(out_json, rows, settings, summary)
+    if out_curves is not None:
+        out_curves.write_text(curves_html(rows))
     return {"rows": rows, "settings": settings, "summary": summary}
 
 
