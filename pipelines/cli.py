@@ -251,12 +251,13 @@ def _bench_suite(args: argparse.Namespace) -> None:
 
     archs = _names(args.archs, tuple(architecture_names()), "--archs")
     trainers = _names(args.trainers, ("ours", "saelens", "oracle"), "--trainers")
-    if args.json is not None:
-        _check_out_file(args.json)
+    for out in (args.json, args.curves):
+        if out is not None:
+            _check_out_file(out)
     from pipelines.bench.suite import run_suite
 
     cases = [name for name in (args.cases or "").split(",") if name] or None
-    run_suite(archs, args.quick, trainers, cases, args.overrides, args.json)
+    run_suite(archs, args.quick, trainers, cases, args.overrides, args.json, args.curves)
 
 
 def _bench_multi(args: argparse.Namespace) -> None:
@@ -590,6 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--trainers", default="ours,saelens,oracle", help="comma-separated")
     suite.add_argument("--cases", default=None, help="case names, comma-separated (default: all)")
     suite.add_argument("--json", type=Path, default=None, help="write rows, settings, summary here")
+    suite.add_argument(
+        "--curves", type=Path, default=None,
+        help="write the samples-vs-mcc curves here, as an HTML page",
+    )  # fmt: skip
     suite.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a default in every case (ablations; not for headline figures)",

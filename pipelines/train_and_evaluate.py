@@ -12,6 +12,7 @@ together and writes each one's outputs to DIR/<name>/.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,12 +65,14 @@ def train_and_evaluate(
     out_dir: Path,
     sae: SparseAutoencoder | None = None,
     ground_truth: GroundTruthSource | None = None,
+    on_step: Callable[[Trainer], None] | None = None,
 ) -> dict[str, Any]:
     """Train on `source`; evaluate against `ground_truth` (by default the source itself when it
-    has known features), else by reconstruction on further batches of the source."""
+    has known features), else by reconstruction on further batches of the source. `on_step`:
+    see Trainer."""
     sae = sae or build_sae(cfg.sae, source.d_in, cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, sae, source, out_dir)
+    trainer = Trainer(cfg, sae, source, out_dir, on_step=on_step)
     trainer.fit()
     result = None
     if trainer.publishes("sae"):

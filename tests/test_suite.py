@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.bench.curves import curves_html
 from pipelines.bench.suite import case_paths, run_case, summarise
 from tests.test_cli import sae
 
@@ -22,9 +23,11 @@ def test_suite_json_rows_follow_the_contract(tmp_path: Path) -> None:
     out = tmp_path / "suite.json"
     result = sae(
         "bench", "suite", "--cases", "s01_const_2x", "--set", "train.samples=20000",
-        "--json", str(out),
+        "--json", str(out), "--curves", str(tmp_path / "curves.html"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    # ours and the oracle are drawn (SAELens's trainer is not watched during training)
+    assert (tmp_path / "curves.html").read_text().count("<polyline") == 2
     document = json.loads(out.read_text())
     rows = document["rows"]
     assert [row["trainer"] for row in rows] == ["ours", "saelens", "oracle"]
@@ -33,6 +36,17 @@ def test_suite_json_rows_follow_the_contract(tmp_path: Path) -> None:
     assert settings["train"]["samples"] == 20000 and settings["sae"]["d_sae"] == 64
     # started at the true dictionary, the oracle is near-perfect even after a short run
     assert rows[2]["mcc"] > 0.95
+
+
+def test_suite_rows_carry_an_mcc_curve_that_ends_at_the_final_mcc(tmp_path: Path) -> None:
+    (path,) = case_paths(quick=False, names=["s01_const_2x"])
+    rows, _ = run_case(path, "batchtopk", ["ours"], ["train.samples=20000"])
+    curve = rows[0]["mcc_curve"]
+    samples = [point["samples"] for point in curve]
+    assert len(curve) >= 4 and samples == sorted(samples) and samples[-1] >= 20000
+    # the last point is the trained decoder, which the row's mcc also scores
+    assert curve[-1]["mcc"] == pytest.approx(rows[0]["mcc"], abs=1e-6)
+    assert curve[-1]["mcc"] > curve[0]["mcc"]
 
 
 def test_suite_rejects_an_unknown_case_in_one_line() -> None:
@@ -65,3 +79,14 @@ def test_summary_splits_hierarchical_cases_and_takes_the_worst() -> None:
     (summary,) = summarise([row("a", 0.9, 0.8, False), row("b", 0.7, 0.6, False), row("h", 0.1, 0.5, True)])
     assert summary["mean_mcc"] == pytest.approx(0.8) and summary["worst_mcc"] == 0.7
     assert summary["hier_mean_f1"] == 0.5
+
+
+def test_curves_page_draws_a_panel_per_case_and_a_line_per_trainer() -> None:
+    curve = [{"samples": 1000, "mcc": 0.6}, {"samples": 2000, "mcc": 0.9}]
+    rows = [
+        {"case": case, "arch": "topk", "trainer": trainer, "mcc_curve": curve}
+        for case in ("a", "b") for trainer in ("ours", "oracle")
+    ] + [{"case": "a", "arch": "topk", "trainer": "saelens"}]  # fmt: skip
+    page = curves_html(rows)
+    assert page.count("<svg") == 2 and page.count("<polyline") == 4
+    assert "topk ours" in page and "topk saelens" not in page

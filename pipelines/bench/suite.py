@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pipelines.bench.curves import curves_html
 from pipelines.bench.toy import SAELENS_DEFAULT_LR, train_saelens
 from pipelines.train_and_evaluate import (
     build_ground_truth,
@@ -36,9 +37,11 @@ from pipelines.train_and_evaluate import (
 )
 from sae.config import Config, load_config, to_dict
 from sae.errors import ConfigError
+from sae.evaluation.ground_truth import cosines, mcc
 from sae.models import SparseAutoencoder, build_sae
 from sae.sources.base import GroundTruthSource
 from sae.tables import format_table
+from sae.training.trainer import Trainer
 
 SUITE_DIR = Path(__file__).resolve().parents[2] / "configs" / "suite"
 # A representative third for --quick: superposition 16x, Zipfian + correlation, a narrow and a
@@ -58,6 +61,10 @@ COLUMNS = (
     "case", "trainer", "arch", "mcc", "f1", "uniqueness", "dead_fraction",
     "explained_variance", "l0", "true_l0", "seconds",
 )  # fmt: skip
+# Where the mcc curve is read, as fractions of the run: enough points to tell a case that is
+# still climbing at its budget (sample-limited) from one that has levelled off (objective- or
+# optimisation-limited), at a cost of one Hungarian matching each.
+CURVE_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)
 SUMMARY_COLUMNS = (
     "trainer", "arch", "cases", "mean_mcc", "worst_mcc", "mean_f1", "worst_f1",
     "hier_mean_f1", "max_dead_fraction",
@@ -116,6 +123,7 @@ def run_case(
             "dead_fraction": metrics["dead_latents"] / cfg.sae.d_sae,
             "seconds": seconds,
             "wall_seconds": time.perf_counter() - started,
+            **({"mcc_curve": metrics["mcc_curve"]} if "mcc_curve" in metrics else {}),
         })  # fmt: skip
     return rows, to_dict(cfg)
 
@@ -133,9 +141,38 @@ def _train(trainer: str, cfg: Config, source: GroundTruthSource) -> tuple[dict[s
     if trainer == "oracle":
         sae = build_sae(cfg.sae, source.d_in, cfg.seed)
         init_to_truth(sae, source.feature_vectors.float())
+    curve = MccCurve(source.feature_vectors.float())
     with tempfile.TemporaryDirectory() as tmp:
-        result = train_and_evaluate(cfg, source, Path(tmp), sae=sae)
-    return result, result["seconds"]
+        result = train_and_evaluate(cfg, source, Path(tmp), sae=sae, on_step=curve)
+    return {**result, "mcc_curve": curve.points}, result["seconds"]
+
+
+class MccCurve:
+    """Samples seen against mcc during training, at CURVE_FRACTIONS of the run: the "samples
+    vs mcc" curve that says whether a case would gain from a larger budget."""
+
+    def __init__(self, truth: Tensor):
+        self.truth = truth
+        self.points: list[dict[str, float]] = []
+
+    def __call__(self, trainer: Trainer) -> None:
+        total = trainer.total_steps
+        if trainer.step not in {max(1, round(f * total)) for f in CURVE_FRACTIONS}:
+            return
+        with torch.no_grad():
+            value = mcc(cosines(trainer.sae.W_dec.detach().float().cpu(), self.truth))
+        self.points.append({"samples": trainer.step * trainer.batch_size, "mcc": value})
+
+
+def curve_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per trained row: mcc at each point of its curve (samples in thousands)."""
+    lines = ["mcc against samples seen (k = thousand samples):"]
+    for row in rows:
+        points = row.get("mcc_curve") or []
+        if points:
+            read = ", ".join(f"{p['samples'] / 1000:.0f}k {p['mcc']:.3f}" for p in points)
+            lines.append(f"  {row['case']} {row['arch']} {row['trainer']}: {read}")
+    return lines
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -171,6 +208,7 @@ def run_suite(
     cases: Sequence[str] | None = None,
     overrides: Sequence[str] = (),
     out_json: Path | None = None,
+    out_curves: Path | None = None,
 ) -> dict[str, Any]:
     paths = case_paths(quick, cases)
     # validate every case before the first long training run
@@ -188,11 +226,15 @@ def run_suite(
                 _write(out_json, rows, settings)
     print()
     print(format_table(rows, COLUMNS))
+    print()
+    print("\n".join(curve_lines(rows)))
     summary = summarise(rows)
     print()
     print(format_table(summary, SUMMARY_COLUMNS))
     if out_json is not None:
         _write(out_json, rows, settings, summary)
+    if out_curves is not None:
+        out_curves.write_text(curves_html(rows))
     return {"rows": rows, "settings": settings, "summary": summary}
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,9 +288,13 @@ class Trainer:
         out_dir: Path,
         resumable_keys: tuple[str, ...] = ("logging",),
         world: World | None = None,
+        on_step: Callable[[Trainer], None] | None = None,
     ):
         """`sae` is the one SAE of a `sae:` config, or the SAEs of a `saes:` config by name.
-        Under torchrun (`world`, default the joined one) see sae/training/parallel.py."""
+        Under torchrun (`world`, default the joined one) see sae/training/parallel.py.
+        `on_step` is called with the trainer after every step (benchmarks that watch the
+        weights during training, such as the suite's mcc curve)."""
+        self.on_step = on_step
         self.cfg, self.source, self.out_dir = cfg, source, Path(out_dir)
         self.world = world or distributed.world()
         self.device = pick_device(cfg.train.device, "train.device")
@@ -490,6 +494,8 @@ class Trainer:
                 if self.step in self.resample_steps:
                     self._resample()
                 self.seconds += time.perf_counter() - started
+                if self.on_step is not None:  # outside the timed step: the watcher's cost
+                    self.on_step(self)
                 logs = self.step % lc.log_every_steps == 0 or self.step == self.total_steps
                 saves = (every and self.step % every == 0) or self.step == self.total_steps
                 if logs or saves:  # nothing non-finite is logged, checkpointed or published
