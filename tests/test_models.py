@@ -105,6 +105,36 @@ def test_matryoshka_loss_averages_every_prefix_reconstruction() -> None:
     assert torch.allclose(out.loss, expected, rtol=1e-5)
 
 
+def prefix_error(sae: torch.nn.Module, x: torch.Tensor, z: torch.Tensor, w: int) -> torch.Tensor:
+    return (x - (z[:, :w] @ sae.W_dec[:w] + sae.b_dec)).pow(2).sum(-1).mean()
+
+
+def test_balanced_matryoshka_weighs_inner_prefixes_geometrically() -> None:
+    # Chanin et al.'s balance: the outermost inner prefix weighs m, the next m^2, ...
+    sae = perturbed("matryoshka", matryoshka_widths=[8, 24], matryoshka_inner_weight=0.5)
+    x = torch.randn(64, D_IN)
+    out = sae.training_forward(x, StepContext())
+    z = out.latents.dense()
+    errors = [prefix_error(sae, x, z, w) for w in (8, 24, 48)]
+    expected = (0.25 * errors[0] + 0.5 * errors[1] + errors[2]) / 1.75
+    assert torch.allclose(out.loss, expected, rtol=1e-5)
+
+
+def test_random_matryoshka_prefixes_are_drawn_per_step_and_repeat_on_resume() -> None:
+    sae = perturbed("matryoshka", matryoshka_random_prefixes=4)
+    x = torch.randn(64, D_IN)
+    drawn = []
+    for progress in (0.1, 0.2, 0.1):
+        out = sae.training_forward(x, StepContext(progress=progress))
+        widths = sae.training_widths()
+        z = out.latents.dense()
+        expected = sum(prefix_error(sae, x, z, w) for w in widths) / len(widths)
+        assert torch.allclose(out.loss, expected, rtol=1e-5)
+        assert len(widths) == 5 and widths[-1] == 48 and widths == sorted(set(widths))
+        drawn.append(widths)
+    assert drawn[0] == drawn[2] and drawn[0] != drawn[1]
+
+
 def test_jumprelu_threshold_learns_through_straight_through_estimator() -> None:
     sae = perturbed("jumprelu", jumprelu_bandwidth=1.0)
     pre = sae.pre_acts(torch.randn(256, D_IN))
