@@ -143,3 +143,34 @@ def test_jumprelu_threshold_learns_through_straight_through_estimator() -> None:
     sae.sparsity_loss(pre, acts, layout, StepContext()).backward()
     # A larger threshold lowers L0: the L0 term must push every threshold upward.
     assert (sae.log_threshold.grad <= 0).all() and (sae.log_threshold.grad < 0).any()
+
+
+def test_matryoshka_aux_loss_revives_outer_latents_as_auxk_does() -> None:
+    # dead latents only in the outermost level (at least k_aux of them): the level's residual
+    # is the whole dictionary's, so the per-level loss is plain AuxK
+    x = torch.randn(64, D_IN)
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[24:] = True
+    ctx = StepContext(dead_mask=dead)
+    plain = perturbed("matryoshka", matryoshka_widths=[8, 24])
+    per_level = perturbed("matryoshka", matryoshka_widths=[8, 24], matryoshka_aux=True)
+    expected = plain.training_forward(x, ctx).aux
+    assert expected > 0
+    assert torch.allclose(per_level.training_forward(x, ctx).aux, expected, rtol=1e-5)
+
+
+def test_matryoshka_aux_loss_aims_inner_dead_latents_at_their_prefix_residual() -> None:
+    sae = perturbed("matryoshka", matryoshka_widths=[8, 24], matryoshka_aux=True)
+    x = torch.randn(64, D_IN)
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[:8] = True  # the whole first level
+    out = sae.training_forward(x, StepContext(dead_mask=dead))
+    z = out.latents.dense()
+    pre = sae.pre_acts(x)
+    chosen = pre[:, :8].topk(6, dim=-1)  # k_aux = d_in // 2
+    latents = torch.zeros_like(pre).scatter(1, chosen.indices, chosen.values.relu())
+    residual = x - (z[:, :8] @ sae.W_dec[:8] + sae.b_dec)  # what the first prefix misses
+    error = (residual - latents @ sae.W_dec).pow(2).sum(-1).mean()
+    variance = residual.var(0, unbiased=False).sum()
+    expected = sae.cfg.aux_coefficient * error / variance
+    assert torch.allclose(out.aux, expected, rtol=1e-4)

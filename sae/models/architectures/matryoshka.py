@@ -11,7 +11,9 @@ Options from the literature, measured on the suite's hierarchical cases (s13, s1
   inner losses weighted m, m^2, ... from the outermost inward, so that the outer loss's
   absorption pressure can cancel the hedging that narrow prefixes cause;
 - matryoshka_random_prefixes: Nabeshima's prefix ends drawn afresh each step (the user rarely
-  knows the levels of the hierarchy; fixed widths that miss them split a level in two).
+  knows the levels of the hierarchy; fixed widths that miss them split a level in two);
+- matryoshka_aux: SAELens's Matryoshka aux loss, AuxK per level: the dead latents of a level
+  reconstruct what the prefix ending there misses, not what the whole dictionary misses.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import Tensor
 from sae.models.architectures.batchtopk import BatchTopKOptions, BatchTopKSAE
 from sae.models.base import StepContext, TrainOutput, row_sq_error
 from sae.models.registry import register_architecture
-from sae.models.sparse import Latents
+from sae.models.sparse import Latents, Layout, topk_pairs
 
 
 class MatryoshkaOptions(BatchTopKOptions):
@@ -42,6 +44,11 @@ class MatryoshkaOptions(BatchTopKOptions):
     matryoshka_random_prefixes: int = Field(0, ge=0)
     """If above 0, that many prefix ends are drawn afresh each training step (Nabeshima 2024's
     Pareto draw, which favours short prefixes) instead of the fixed matryoshka_widths.
+    """
+
+    matryoshka_aux: bool = False
+    """AuxK per level (SAELens's use_matryoshka_aux_loss): a level's dead latents learn the
+    residual of the prefix ending at that level instead of the whole dictionary's residual.
     """
 
     @model_validator(mode="after")
@@ -102,6 +109,44 @@ class MatryoshkaSAE(BatchTopKSAE):
                 weights += weight
             start = end
         return total / weights
+
+
+    def _auxk_layout(self, pre: Tensor, ctx: StepContext) -> Layout | None:
+        if self.cfg.matryoshka_aux:
+            return None  # AuxK runs per level, in extra_loss
+        return super()._auxk_layout(pre, ctx)
+
+    def extra_loss(
+        self, x: Tensor, pre: Tensor, layout: Layout, recon: Tensor, ctx: StepContext
+    ) -> Tensor:
+        """The Matryoshka aux loss: each level's top-k_aux dead latents reconstruct the residual
+        of the prefix that ends with the level (each term scaled down while a level has fewer
+        dead latents than k_aux, as SAELens does)."""
+        dead_mask = ctx.dead_mask
+        zero = x.new_zeros(())
+        if not self.cfg.matryoshka_aux or "auxk" not in self.cfg.remedy() or dead_mask is None:
+            return zero
+        if not bool(dead_mask.any()):
+            return zero
+        k_aux = self.cfg.aux_k or self.d_in // 2
+        with torch.no_grad():
+            pre_all = self.pre_acts(x)
+            acts = layout.apply_mask(self.pair_acts(pre, layout.latent))
+        total, partial, start = zero, self.b_dec.detach(), 0
+        for end in self.training_widths():
+            with torch.no_grad():
+                values, sub = layout.restrict(acts, start, end)
+                partial = partial + sub.decode(values, self.W_dec[start:end])
+            dead = dead_mask[start:end].nonzero().flatten() + start
+            if dead.numel():
+                chosen = topk_pairs(pre_all[:, dead], min(k_aux, dead.numel()))
+                aux_layout = Layout.from_pairs(
+                    chosen.rows, dead[chosen.cols], x.shape[0], self.d_sae, chosen.row_offsets
+                )
+                term = self.auxk_loss(x, pre_all, aux_layout, partial, ctx.group)
+                total = total + min(dead.numel() / k_aux, 1.0) * term
+            start = end
+        return total
 
 
 def default_widths(d_sae: int) -> list[int]:
