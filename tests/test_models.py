@@ -105,6 +105,36 @@ def test_matryoshka_loss_averages_every_prefix_reconstruction() -> None:
     assert torch.allclose(out.loss, expected, rtol=1e-5)
 
 
+def prefix_error(sae: torch.nn.Module, x: torch.Tensor, z: torch.Tensor, w: int) -> torch.Tensor:
+    return (x - (z[:, :w] @ sae.W_dec[:w] + sae.b_dec)).pow(2).sum(-1).mean()
+
+
+def test_balanced_matryoshka_weighs_inner_prefixes_geometrically() -> None:
+    # Chanin et al.'s balance: the outermost inner prefix weighs m, the next m^2, ...
+    sae = perturbed("matryoshka", matryoshka_widths=[8, 24], matryoshka_inner_weight=0.5)
+    x = torch.randn(64, D_IN)
+    out = sae.training_forward(x, StepContext())
+    z = out.latents.dense()
+    errors = [prefix_error(sae, x, z, w) for w in (8, 24, 48)]
+    expected = (0.25 * errors[0] + 0.5 * errors[1] + errors[2]) / 1.75
+    assert torch.allclose(out.loss, expected, rtol=1e-5)
+
+
+def test_random_matryoshka_prefixes_are_drawn_per_step_and_repeat_on_resume() -> None:
+    sae = perturbed("matryoshka", matryoshka_random_prefixes=4)
+    x = torch.randn(64, D_IN)
+    drawn = []
+    for progress in (0.1, 0.2, 0.1):
+        out = sae.training_forward(x, StepContext(progress=progress))
+        widths = sae.training_widths()
+        z = out.latents.dense()
+        expected = sum(prefix_error(sae, x, z, w) for w in widths) / len(widths)
+        assert torch.allclose(out.loss, expected, rtol=1e-5)
+        assert len(widths) == 5 and widths[-1] == 48 and widths == sorted(set(widths))
+        drawn.append(widths)
+    assert drawn[0] == drawn[2] and drawn[0] != drawn[1]
+
+
 def test_jumprelu_threshold_learns_through_straight_through_estimator() -> None:
     sae = perturbed("jumprelu", jumprelu_bandwidth=1.0)
     pre = sae.pre_acts(torch.randn(256, D_IN))
@@ -113,3 +143,34 @@ def test_jumprelu_threshold_learns_through_straight_through_estimator() -> None:
     sae.sparsity_loss(pre, acts, layout, StepContext()).backward()
     # A larger threshold lowers L0: the L0 term must push every threshold upward.
     assert (sae.log_threshold.grad <= 0).all() and (sae.log_threshold.grad < 0).any()
+
+
+def test_matryoshka_aux_loss_revives_outer_latents_as_auxk_does() -> None:
+    # dead latents only in the outermost level (at least k_aux of them): the level's residual
+    # is the whole dictionary's, so the per-level loss is plain AuxK
+    x = torch.randn(64, D_IN)
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[24:] = True
+    ctx = StepContext(dead_mask=dead)
+    plain = perturbed("matryoshka", matryoshka_widths=[8, 24])
+    per_level = perturbed("matryoshka", matryoshka_widths=[8, 24], matryoshka_aux=True)
+    expected = plain.training_forward(x, ctx).aux
+    assert expected > 0
+    assert torch.allclose(per_level.training_forward(x, ctx).aux, expected, rtol=1e-5)
+
+
+def test_matryoshka_aux_loss_aims_inner_dead_latents_at_their_prefix_residual() -> None:
+    sae = perturbed("matryoshka", matryoshka_widths=[8, 24], matryoshka_aux=True)
+    x = torch.randn(64, D_IN)
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[:8] = True  # the whole first level
+    out = sae.training_forward(x, StepContext(dead_mask=dead))
+    z = out.latents.dense()
+    pre = sae.pre_acts(x)
+    chosen = pre[:, :8].topk(6, dim=-1)  # k_aux = d_in // 2
+    latents = torch.zeros_like(pre).scatter(1, chosen.indices, chosen.values.relu())
+    residual = x - (z[:, :8] @ sae.W_dec[:8] + sae.b_dec)  # what the first prefix misses
+    error = (residual - latents @ sae.W_dec).pow(2).sum(-1).mean()
+    variance = residual.var(0, unbiased=False).sum()
+    expected = sae.cfg.aux_coefficient * error / variance
+    assert torch.allclose(out.aux, expected, rtol=1e-4)
