@@ -20,9 +20,9 @@ def test_the_quadrature_gives_the_feature_distributions_moments() -> None:
     points, weights = quadrature(density, nodes=32)
     assert weights.sum(1).tolist() == pytest.approx([1.0, 1.0, 1.0])
     mean = weights @ points  # E x_i = p / 2
-    assert mean[:, 0].tolist() == pytest.approx((density / 2).tolist(), rel=1e-6)
+    assert mean[:, 0].tolist() == pytest.approx((density / 2).tolist(), rel=1e-4)  # float32 sums
     both = weights @ (points[:, 0] * points[:, 1])  # E x_1 x_2 = p^2 / 4: independent
-    assert both.tolist() == pytest.approx((density**2 / 4).tolist(), rel=1e-6)
+    assert both.tolist() == pytest.approx((density**2 / 4).tolist(), rel=1e-4)
     second = weights @ points[:, 1].pow(2)  # E x^2 = p / 3, up to the midpoint rule's error
     assert second.tolist() == pytest.approx((density / 3).tolist(), rel=1e-3)
 
