@@ -51,7 +51,10 @@ def test_the_share_near_sticky_fractions_is_measured_against_an_even_spread() ->
 def test_at_the_labs_settings_a_clear_share_of_features_sits_at_sticky_fractions() -> None:
     s = settings(quick=False)
     result = dimensionality(s.dim_n, s.dim_m, s.dim_densities, s.dim_steps, seed=0)
-    assert result["sticky_share_sparse"] >= 2 * result["sticky_share_chance"]
+    # where the models spend enough dims per feature for the named polytopes, most features
+    # sit at their fractions; sparser still, they pack into bigger polygons (D_i < 1/3)
+    assert result["sticky_share_named_range"] >= 0.75 > 3 * result["sticky_share_chance"]
+    assert result["sticky_share_sparse"] > result["sticky_share_chance"]
     per_feature = result["dimensions_per_feature"]
     assert per_feature[-1] < 0.5 < per_feature[1]
 

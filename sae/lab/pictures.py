@@ -161,9 +161,11 @@ def render_lab(results: dict[str, Any]) -> str:
     )
     sticky = (
         f"<p>Represented features within {fmt(dims['sticky_tolerance'])} of a sticky fraction, "
-        f"pooled over the sparse settings: {fmt(dims['sticky_share_sparse'])} (an even spread "
-        f"over [0, 1] would put {fmt(dims['sticky_share_chance'])} there). Per setting: "
-        f"{escape(near)}.</p>"
+        f"pooled over the sparse settings (1 - S ≤ 0.5): {fmt(dims['sticky_share_sparse'])}; "
+        f"over those whose models spend at least 0.3 dims per feature, where the fractions' "
+        f"polytopes fit: {fmt(dims['sticky_share_named_range'])} (an even spread over [0, 1] "
+        f"would put {fmt(dims['sticky_share_chance'])} there). Per setting: {escape(near)}."
+        "</p>"
     )
     sections = [
         ("Feature directions, n = 5 in m = 2", EXPLAIN["directions"], directions_svg(directions)),
