@@ -1,19 +1,17 @@
 """Toy Models of Superposition (Elhage et al. 2022), reproduced on trained toy models.
 
-Every experiment trains ReLU output models x' = ReLU(W^T W x + b) (W: [m, n]) on sparse
-features x_i ~ U[0, 1] present with probability 1 - S, under an importance-weighted MSE; many
-models train at once as one batched tensor (one instance per grid point), as in the paper's
-code. What is measured:
+Every experiment trains toy models (sae/lab/toy_models.py) all at once, one instance per grid
+point. What is measured:
 
 - directions: n = 5 features in m = 2 dims, importance 0.9^i: W's columns as arrows per
   sparsity. Dense features give the m most important an orthogonal pair and drop the rest;
   as S rises the model packs more in (antipodal pairs, then a pentagon);
-- phase diagram: n = 2 features in m = 1 dim, feature 1 of importance 1, the extra feature 2
-  of relative importance r: ignored (||W_2|| < 0.5), given the dimension on its own (||W_1||
-  < 0.5) or in superposition with feature 1 (both represented), against r and 1 - S;
+- phase diagram (sae/lab/phase.py): n = 2 features in m = 1 dim, the extra feature ignored,
+  given the dimension or in superposition against its relative importance and 1 - S, each
+  cell the best of several restarts, beside the exact-loss reference;
 - dimensionality: n features in m dims over sparsities; each feature's dimensionality
   D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2 and the model's dimensions per feature
-  m / ||W||_F^2, with the sticky fractions (1, 3/4, 2/3, 1/2, 2/5, 1/3) D_i clusters at;
+  m / ||W||_F^2, and the share of D_i at the sticky fractions (STICKY) against chance;
 - SAE recovery: an SAE trained (by this library's trainer) on a toy model's hidden layer h = W x,
   its decoder rows matched one-to-one to W's represented columns (|cos|, Hungarian).
 """
