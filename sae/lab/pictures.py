@@ -42,9 +42,18 @@ def directions_svg(result: dict[str, Any]) -> str:
 
 
 def phase_svg(result: dict[str, Any]) -> str:
-    importances, densities, phases = result["importance"], result["density"], result["phase"]
+    """The trained diagram and the expected one (lowest-loss candidate), side by side."""
+    restarts = result.get("restarts", 1)
+    trained = f"trained: best of {restarts} restart{'s' if restarts > 1 else ''} per cell"
+    return _phase_grid(result, result["phase"], trained) + _phase_grid(
+        result, result["expected_phase"], "expected: lowest exact loss of the 3 solutions"
+    )
+
+
+def _phase_grid(result: dict[str, Any], phases: list[list[str]], title: str) -> str:
+    importances, densities = result["importance"], result["density"]
     cell, left, top = 34, 70, 26
-    width = left + cell * len(importances) + 10
+    width = max(left + cell * len(importances) + 10, 8 * len(title))
     height = top + cell * len(densities) + 40
     parts = []
     for row, density in enumerate(densities):
@@ -61,11 +70,11 @@ def phase_svg(result: dict[str, Any]) -> str:
     parts.append(tag("text", "relative importance of the extra feature →", x=left,
                      y=height - 8, **{"font-size": 11}))  # fmt: skip
     parts.append(tag("text", "1 - S", x=4, y=top + 12, **{"font-size": 11}))
-    return _svg(width, height, parts, "n = 2 features in m = 1 dimension")
+    return _svg(width, height, parts, title)
 
 
 def dimensionality_svg(result: dict[str, Any]) -> str:
-    width, height, left, right, top, bottom = 460, 280, 50, 440, 26, 240
+    width, height, left, right, top, bottom = 480, 280, 50, 440, 26, 240
     densities = result["density"]
     xs = [math.log10(1 / d) for d in densities]
     x_low, x_high = min(xs), max(xs) or 1.0
@@ -78,16 +87,19 @@ def dimensionality_svg(result: dict[str, Any]) -> str:
 
     parts = [tag("rect", x=left, y=top, width=right - left, height=bottom - top,
                  fill="none", stroke="#999")]  # fmt: skip
-    for value in result["sticky"]:
+    tolerance = result["sticky_tolerance"]
+    for value, label in zip(result["sticky"], result["sticky_labels"], strict=True):
         parts.append(tag("line", x1=left, x2=right, y1=f"{py(value):.1f}", y2=f"{py(value):.1f}",
                          stroke="#bbb", **{"stroke-dasharray": "3 3"}))  # fmt: skip
-        label = {1.0: "1", 0.75: "3/4", 2 / 3: "2/3", 0.5: "1/2", 0.4: "2/5", 1 / 3: "1/3"}
-        parts.append(tag("text", label.get(value, fmt(value)), x=left - 4, y=py(value) + 4,
-                         **{"text-anchor": "end", "font-size": 10}))  # fmt: skip
+        # 3/8 sits just under 2/5: its label goes to the right so the two stay readable
+        x, anchor = (right + 4, "start") if value == 3 / 8 else (left - 4, "end")
+        parts.append(tag("text", label, x=x, y=py(value) + 4,
+                         **{"text-anchor": anchor, "font-size": 10}))  # fmt: skip
     for x, dims in zip(xs, result["feature_dimensionality"], strict=True):
         for d in dims:
-            parts.append(tag("circle", cx=f"{px(x):.1f}", cy=f"{py(d):.1f}", r=2,
-                             fill="rgba(31,119,180,0.35)"))  # fmt: skip
+            near = any(abs(d - v) <= tolerance for v in result["sticky"])
+            colour = "rgba(31,119,180,0.6)" if near else "rgba(127,127,127,0.35)"
+            parts.append(tag("circle", cx=f"{px(x):.1f}", cy=f"{py(d):.1f}", r=2, fill=colour))
     line = " ".join(
         f"{px(x):.1f},{py(v):.1f}"
         for x, v in zip(xs, result["dimensions_per_feature"], strict=True)
@@ -100,7 +112,8 @@ def dimensionality_svg(result: dict[str, Any]) -> str:
     parts.append(tag("text", "1 / (1 - S)  (log scale)", x=left, y=height - 8,
                      **{"font-size": 11}))  # fmt: skip
     title = (
-        f"n = {result['n']} in m = {result['m']}: D_i (dots), m / ||W||² (red), sticky fractions"
+        f"n = {result['n']} in m = {result['m']}: D_i (dots; blue near a sticky fraction), "
+        "m / ||W||² (red)"
     )
     return _svg(width, height, parts, title)
 
@@ -123,13 +136,17 @@ EXPLAIN = {
     "trained at rising sparsity S. Dense features: the m = 2 most important get orthogonal "
     "directions, the rest are dropped; sparse: more features share the plane (antipodal "
     "pairs, then a pentagon).",
-    "phase": "For each relative importance of the extra feature and feature density 1 - S: "
-    "grey, the extra feature is ignored; blue, it takes the one dimension alone; red, the two "
-    "share it in superposition (antipodal). Superposition appears only when features are "
-    "sparse.",
+    "phase": "n = 2 features in m = 1 dimension. For each relative importance of the extra "
+    "feature and feature density 1 - S: grey, the extra feature is ignored; blue, it takes the "
+    "one dimension alone; red, the two share it in superposition (antipodal). Superposition "
+    "appears only when features are sparse. Left: each cell keeps the lowest-loss of several "
+    "toy models trained from random starts (as the paper does). Right: the reference, the "
+    "lowest exact expected loss among the paper's three solutions (each with its lengths and "
+    "biases optimised).",
     "dimensionality": "D_i = ||W_i||² / Σ_j (Ŵ_i·W_j)² is the share of a dimension feature i "
     "gets. As features get sparser the model spends fewer dimensions per feature (red line "
-    "below 1) and D_i sticks at fractions such as 1/2 (antipodal pairs) and 2/5 (pentagons).",
+    "below 1) and D_i sticks at fractions (dashed): 3/4 (tetrahedra), 2/3 (triangles), 1/2 "
+    "(digons: antipodal pairs), 2/5 (pentagons), 3/8 (square antiprisms), 1/3 (hexagons).",
     "recovery": "An SAE trained by this library on the hidden layer h = W x of a toy model, "
     "its latents matched one-to-one to the represented columns of W by |cos| (Hungarian).",
 }
@@ -142,12 +159,20 @@ def render_lab(results: dict[str, Any]) -> str:
         f"1-S={fmt(d)}: {fmt(f)}"
         for d, f in zip(dims["density"], dims["fraction_near_sticky"], strict=True)
     )
+    sticky = (
+        f"<p>Represented features within {fmt(dims['sticky_tolerance'])} of a sticky fraction, "
+        f"pooled over the sparse settings (1 - S ≤ 0.5): {fmt(dims['sticky_share_sparse'])}; "
+        f"over those whose models spend at least 0.3 dims per feature, where the fractions' "
+        f"polytopes fit: {fmt(dims['sticky_share_named_range'])} (an even spread over [0, 1] "
+        f"would put {fmt(dims['sticky_share_chance'])} there). Per setting: {escape(near)}."
+        "</p>"
+    )
     sections = [
         ("Feature directions, n = 5 in m = 2", EXPLAIN["directions"], directions_svg(directions)),
-        ("Phase diagram of one extra feature", EXPLAIN["phase"], phase_svg(phase)),
+        ("Phase diagram of one extra feature", EXPLAIN["phase"]
+         + f" Cells in the expected phase: {fmt(phase['agreement'])}.", phase_svg(phase)),
         ("Feature dimensionality against sparsity", EXPLAIN["dimensionality"],
-         dimensionality_svg(dims) + f"<p>fraction of represented features within 0.05 of a "
-         f"sticky fraction: {escape(near)}</p>"),
+         dimensionality_svg(dims) + sticky),
         ("An SAE on the hidden layer", EXPLAIN["recovery"]
          + f" mcc {fmt(recovery['mcc'])}, frac_recovered_90 {fmt(recovery['frac_recovered_90'])}"
          f", {recovery['represented']} of {recovery['n_features']} features represented in "

@@ -1,19 +1,17 @@
 """Toy Models of Superposition (Elhage et al. 2022), reproduced on trained toy models.
 
-Every experiment trains ReLU output models x' = ReLU(W^T W x + b) (W: [m, n]) on sparse
-features x_i ~ U[0, 1] present with probability 1 - S, under an importance-weighted MSE; many
-models train at once as one batched tensor (one instance per grid point), as in the paper's
-code. What is measured:
+Every experiment trains toy models (sae/lab/toy_models.py) all at once, one instance per grid
+point. What is measured:
 
 - directions: n = 5 features in m = 2 dims, importance 0.9^i: W's columns as arrows per
   sparsity. Dense features give the m most important an orthogonal pair and drop the rest;
   as S rises the model packs more in (antipodal pairs, then a pentagon);
-- phase diagram: n = 2 features in m = 1 dim, feature 1 of importance 1, the extra feature 2
-  of relative importance r: ignored (||W_2|| < 0.5), given the dimension on its own (||W_1||
-  < 0.5) or in superposition with feature 1 (both represented), against r and 1 - S;
+- phase diagram (sae/lab/phase.py): n = 2 features in m = 1 dim, the extra feature ignored,
+  given the dimension or in superposition against its relative importance and 1 - S, each
+  cell the best of several restarts, beside the exact-loss reference;
 - dimensionality: n features in m dims over sparsities; each feature's dimensionality
   D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2 and the model's dimensions per feature
-  m / ||W||_F^2, with the sticky fractions (1, 3/4, 2/3, 1/2, 2/5, 1/3) D_i clusters at;
+  m / ||W||_F^2, and the share of D_i at the sticky fractions (STICKY) against chance;
 - SAE recovery: an SAE trained (by this library's trainer) on a toy model's hidden layer h = W x,
   its decoder rows matched one-to-one to W's represented columns (|cos|, Hungarian).
 """
@@ -27,64 +25,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
-REPRESENTED = 0.5  # a column at least this long carries its feature (the paper's reading)
-STICKY = (1.0, 3 / 4, 2 / 3, 1 / 2, 2 / 5, 1 / 3)
+from sae.lab.phase import phase_diagram
+from sae.lab.toy_models import REPRESENTED, train_toy_models
 
-
-@dataclass
-class ToyModels:
-    """I toy models trained together: W [I, m, n], b [I, n]."""
-
-    W: Tensor
-    b: Tensor
-    density: Tensor  # [I] feature probability 1 - S
-    importance: Tensor  # [I, n]
-
-    def norms(self) -> Tensor:
-        return self.W.norm(dim=1)  # [I, n]
-
-    def dimensionality(self) -> Tensor:
-        """[I, n] D_i; 0 for a column of length 0."""
-        norms = self.norms()
-        unit = self.W / norms[:, None, :].clamp(min=1e-8)
-        overlaps = (unit.transpose(1, 2) @ self.W).pow(2).sum(-1)  # [I, n]
-        return norms.pow(2) / overlaps.clamp(min=1e-12)
-
-    def dimensions_per_feature(self) -> Tensor:
-        m = self.W.shape[1]
-        return m / self.W.pow(2).sum((1, 2))
-
-
-def train_toy_models(
-    n: int,
-    m: int,
-    density: Tensor,
-    importance: Tensor,
-    steps: int,
-    seed: int,
-    batch: int = 1024,
-    lr: float = 1e-2,
-) -> ToyModels:
-    """Train one model per row of density [I] and importance [I, n], all at once."""
-    generator = torch.Generator().manual_seed(seed)
-    instances = density.shape[0]
-    W = torch.empty(instances, m, n)
-    torch.nn.init.xavier_normal_(W, generator=generator)
-    W.requires_grad_(True)
-    b = torch.zeros(instances, n, requires_grad=True)
-    optimizer = torch.optim.AdamW([W, b], lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    for _ in range(steps):
-        present = torch.rand(instances, batch, n, generator=generator) < density[:, None, None]
-        x = torch.rand(instances, batch, n, generator=generator) * present
-        h = x @ W.transpose(1, 2)  # [I, B, m]
-        out = torch.relu(h @ W + b[:, None, :])
-        loss = (importance[:, None, :] * (x - out).pow(2)).sum(-1).mean(-1).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    return ToyModels(W.detach(), b.detach(), density, importance)
+# the fractions D_i sticks at, with the polytope that gives each: a feature alone in its
+# dimension, a tetrahedron (4 features in 3 dims), a triangle (3 in 2), a digon (an antipodal
+# pair), a pentagon, a square antiprism (8 in 3); the paper names these (Elhage et al. 2022,
+# "The Geometry of Superposition"). The hexagon (6 in 2, 1/3) continues the polygons: toy
+# models with few dims per feature measured here pack sparse features into it
+STICKY = {
+    1.0: "1",
+    3 / 4: "3/4",
+    2 / 3: "2/3",
+    1 / 2: "1/2",
+    2 / 5: "2/5",
+    3 / 8: "3/8",
+    1 / 3: "1/3",
+}
+STICKY_TOLERANCE = 0.02  # |D_i - fraction|; wider windows would cover most of [0, 1]
+SPARSE = 0.5  # 1 - S at or below which the sticky share is pooled
+NAMED_RANGE = 0.3  # dims per feature, just under the smallest sticky fraction (1/3)
 
 
 # ---------------------------------------------------------------------- the experiments
@@ -106,58 +66,60 @@ def directions(sparsities: list[float], steps: int, seed: int) -> dict[str, Any]
     }
 
 
-def classify_extra_feature(norm_1: float, norm_2: float) -> str:
-    if norm_2 < REPRESENTED:
-        return "ignored"
-    if norm_1 < REPRESENTED:
-        return "dedicated"
-    return "superposition"
+def near_sticky(values: Tensor, tolerance: float = STICKY_TOLERANCE) -> Tensor:
+    """Which D_i lie within tolerance of a sticky fraction."""
+    fractions = torch.tensor(list(STICKY))
+    return ((values[..., None] - fractions).abs() <= tolerance).any(-1)
 
 
-def phase_diagram(
-    importances: list[float], densities: list[float], steps: int, seed: int
-) -> dict[str, Any]:
-    """Rows: 1 - S (densities); columns: the extra feature's relative importance."""
-    grid = [(d, r) for d in densities for r in importances]
-    density = torch.tensor([d for d, _ in grid])
-    importance = torch.tensor([[1.0, r] for _, r in grid])
-    models = train_toy_models(2, 1, density, importance, steps, seed)
-    norms = models.norms()
-    phases = [classify_extra_feature(float(a), float(b)) for a, b in norms]
-    width = len(importances)
-    return {
-        "importance": importances,
-        "density": densities,
-        "phase": [phases[i * width : (i + 1) * width] for i in range(len(densities))],
-        "norms": [[round(float(v), 4) for v in row] for row in norms],
-    }
+def chance_near_sticky(tolerance: float = STICKY_TOLERANCE) -> float:
+    """The share of D_i near a sticky fraction if they were spread evenly over [0, 1]: the
+    windows' union. The measured share means something only well above it."""
+    grid = (torch.arange(100_000) + 0.5) / 100_000
+    return round(float(near_sticky(grid, tolerance).float().mean()), 4)
 
 
 def dimensionality(
-    n: int, m: int, densities: list[float], steps: int, seed: int
+    n: int, m: int, densities: list[float], steps: int, seed: int, lr: float = 1e-2
 ) -> dict[str, Any]:
     density = torch.tensor(densities)
     importance = torch.ones(len(densities), n)
-    models = train_toy_models(n, m, density, importance, steps, seed)
+    models = train_toy_models(n, m, density, importance, steps, seed, lr=lr)
     dims = models.dimensionality()
     represented = models.norms() >= REPRESENTED
-    near = []
-    for i in range(len(densities)):
-        values = dims[i][represented[i]]
-        close = [(values - s).abs() < 0.05 for s in STICKY]
-        near.append(float(torch.stack(close).any(0).float().mean()) if len(values) else 0.0)
+    values = [dims[i][represented[i]] for i in range(len(densities))]
+    near = [near_sticky(v) for v in values]
+    per_feature = models.dimensions_per_feature()
+    sparse = [i for i, d in enumerate(densities) if d <= SPARSE]
+    # the named polytopes all give D_i >= 1/3: a model spending fewer dims per feature packs
+    # most of them into bigger ones (measured, n = 100 in m = 10: D_i of about 1/4 down to
+    # 1/6, larger polygons, at 1 / (1 - S) = 8.5 to 20)
+    named = [i for i in sparse if per_feature[i] >= NAMED_RANGE]
     return {
         "n": n,
         "m": m,
+        "steps": steps,
         "density": densities,
-        "dimensions_per_feature": [round(float(v), 4) for v in models.dimensions_per_feature()],
+        "dimensions_per_feature": [round(float(v), 4) for v in per_feature],
         "represented": [int(c) for c in represented.sum(1)],
-        "feature_dimensionality": [
-            [round(float(v), 4) for v in dims[i][represented[i]]] for i in range(len(densities))
+        "feature_dimensionality": [[round(float(x), 4) for x in v] for v in values],
+        "fraction_near_sticky": [
+            round(float(v.float().mean()), 4) if len(v) else 0.0 for v in near
         ],
-        "fraction_near_sticky": near,
+        # pooled over the sparse settings (1 - S <= SPARSE), and over those of them whose
+        # models spend at least NAMED_RANGE dims per feature, where the named polytopes fit
+        "sticky_share_sparse": _pooled(near, sparse),
+        "sticky_share_named_range": _pooled(near, named),
+        "sticky_share_chance": chance_near_sticky(),
         "sticky": list(STICKY),
+        "sticky_labels": list(STICKY.values()),
+        "sticky_tolerance": STICKY_TOLERANCE,
     }
+
+
+def _pooled(near: list[Tensor], settings: list[int]) -> float:
+    pooled = torch.cat([near[i] for i in settings]) if settings else torch.zeros(0)
+    return round(float(pooled.float().mean()), 4) if len(pooled) else 0.0
 
 
 def sae_recovery(out_dir: Path, quick: bool, seed: int) -> dict[str, Any]:
@@ -216,27 +178,33 @@ class LabSettings:
     sparsities: list[float]
     importances: list[float]
     phase_densities: list[float]
+    restarts: int  # per phase-diagram cell, the lowest-loss one kept
     dim_n: int
     dim_m: int
     dim_densities: list[float]
+    dim_steps: int
 
 
 def settings(quick: bool) -> LabSettings:
     if quick:
         return LabSettings(
             direction_steps=3000, steps=1500, sparsities=[0.0, 0.7, 0.9, 0.97],
-            importances=[0.3, 1.0, 3.0], phase_densities=[1.0, 0.1, 0.01], dim_n=40, dim_m=8,
-            dim_densities=[1.0, 0.3, 0.1, 0.03],
+            importances=[0.3, 1.0, 3.0], phase_densities=[1.0, 0.1, 0.01], restarts=4,
+            dim_n=40, dim_m=5, dim_densities=[1.0, 0.5, 0.25], dim_steps=3000,
         )  # fmt: skip
     return LabSettings(
         direction_steps=10_000,
-        steps=6000,
+        steps=3000,
         sparsities=[0.0, 0.5, 0.7, 0.9, 0.95, 0.97, 0.99],
         importances=[round(10 ** (i / 4 - 1), 3) for i in range(9)],  # 0.1 .. 10
         phase_densities=[round(10 ** (-i / 3), 4) for i in range(7)],  # 1 .. 0.01
+        restarts=4,
+        # the paper's figure has n = 400 in m = 30 over 1 - S = 1 .. 1/20; n = 100 in m = 10
+        # keeps its ratio of features to dims near 10 at a sixteenth of the compute per step
         dim_n=100,
-        dim_m=20,
-        dim_densities=[round(10 ** (-i / 4), 4) for i in range(10)],  # 1 .. ~0.003
+        dim_m=10,
+        dim_densities=[round(20 ** (-i / 7), 4) for i in range(8)],  # 1 .. 0.05
+        dim_steps=6000,
     )
 
 
@@ -248,8 +216,8 @@ def run_lab(out_dir: Path, quick: bool = False, seed: int = 0) -> dict[str, Any]
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {
         "directions": directions(s.sparsities, s.direction_steps, seed),
-        "phase_diagram": phase_diagram(s.importances, s.phase_densities, s.steps, seed),
-        "dimensionality": dimensionality(s.dim_n, s.dim_m, s.dim_densities, s.steps, seed),
+        "phase_diagram": phase_diagram(s.importances, s.phase_densities, s.steps, seed, s.restarts),
+        "dimensionality": dimensionality(s.dim_n, s.dim_m, s.dim_densities, s.dim_steps, seed),
         "sae_recovery": sae_recovery(out_dir / "sae_on_hidden", quick, seed),
         "quick": quick,
     }
