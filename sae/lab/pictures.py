@@ -12,7 +12,7 @@ PHASE_COLOURS = {"ignored": "#d9d9d9", "dedicated": "#1f77b4", "superposition": 
 
 
 def _svg(width: int, height: int, parts: list[str], title: str) -> str:
-    head = tag("text", escape(title), x=6, y=14, **{"font-size": 12, "font-weight": "bold"})
+    head = tag("text", title, x=6, y=14, **{"font-size": 12, "font-weight": "bold"})
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}">{head}{"".join(parts)}</svg>'
