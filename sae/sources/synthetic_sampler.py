@@ -66,8 +66,15 @@ class SparseBatch:
 class FastSampler:
     """Draws what `model.sample_with_features` draws, from our own torch.Generator."""
 
-    def __init__(self, model: SyntheticModel, parent: Tensor, children: Tensor,
-                 exclusive: Tensor, scaled: Tensor, depth: int):
+    def __init__(
+        self,
+        model: SyntheticModel,
+        parent: Tensor,
+        children: Tensor,
+        exclusive: Tensor,
+        scaled: Tensor,
+        depth: int,
+    ):
         gen = model.activation_generator
         self.num_features = gen.num_features
         self.p = gen.firing_probabilities.float()
@@ -153,7 +160,10 @@ class FastSampler:
         order = torch.argsort(batch.rows)
         offsets = torch.searchsorted(batch.rows[order], torch.arange(batch.batch_size))
         x = torch.nn.functional.embedding_bag(
-            batch.features[order], self.W, offsets, mode="sum",
+            batch.features[order],
+            self.W,
+            offsets,
+            mode="sum",
             per_sample_weights=batch.values[order],
         )
         return x + self.bias
@@ -236,7 +246,11 @@ class FastSampler:
         return cells // self.num_features, cells % self.num_features
 
     def _children(
-        self, rows: Tensor, parents: Tensor, parent_vals: Tensor, eps: Tensor | None,
+        self,
+        rows: Tensor,
+        parents: Tensor,
+        parent_vals: Tensor,
+        eps: Tensor | None,
         generator: torch.Generator,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The children of active (row, parent) cells: drawn, mutually excluded, scaled."""
@@ -244,7 +258,11 @@ class FastSampler:
         has = kids >= 0
         has_any = has.any(1)
         rows, parents, parent_vals, kids, has = (
-            rows[has_any], parents[has_any], parent_vals[has_any], kids[has_any], has[has_any]
+            rows[has_any],
+            parents[has_any],
+            parent_vals[has_any],
+            kids[has_any],
+            has[has_any],
         )
         e, width = kids.shape
         cell_rows = rows.unsqueeze(1).expand(e, width)
