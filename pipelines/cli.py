@@ -260,6 +260,18 @@ def _bench_suite(args: argparse.Namespace) -> None:
     run_suite(archs, args.quick, trainers, cases, args.overrides, args.json, args.curves)
 
 
+def _bench_synth(args: argparse.Namespace) -> None:
+    if args.rows < 1 or args.batch < 1 or args.repeats < 1:
+        raise UserError("--rows, --batch and --repeats must be at least 1")
+    if args.json is not None:
+        _check_out_file(args.json)
+    from pipelines.bench.synth import DEFAULT_CONFIG, run_bench_synth
+    from sae.config import load_config
+
+    cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
+    run_bench_synth(cfg, args.rows, args.batch, args.repeats, args.json)
+
+
 def _bench_multi(args: argparse.Namespace) -> None:
     ((d, m, batch),) = _shapes(args.point)
     if not 1 <= args.saes <= 8 or args.steps < 1:
@@ -600,6 +612,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a default in every case (ablations; not for headline figures)",
     )
     suite.set_defaults(handler=_bench_suite)
+
+    synth = bench_sub.add_parser(
+        "synth", help="synthetic data rows/s: our sampler vs sae_lens's, and realised L0"
+    )
+    synth.add_argument(
+        "--config", type=Path, default=None,
+        help="config with data.synthetic (default: configs/toy/synthsaebench16k.yaml)",
+    )
+    synth.add_argument("--rows", type=int, default=8192, help="rows per side per round")
+    synth.add_argument("--batch", type=int, default=1024, help="rows per draw")
+    synth.add_argument("--repeats", type=int, default=2, help="alternating rounds")
+    synth.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
+    synth.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key (dotted); repeatable",
+    )
+    synth.set_defaults(handler=_bench_synth)
 
     multi = bench_sub.add_parser(
         "multi", help="N SAEs on shared batches vs N separate runs, wall-clock"

@@ -175,6 +175,12 @@ class SyntheticConfig(Section):
     """Low-rank correlation between features (None: independent)."""
     orthogonalize_steps: int = Field(0, ge=0)
     """0: plain random unit vectors."""
+    orthogonalize_lr: float = Field(0.01, gt=0)
+    """Learning rate of those steps (sae_lens's default 0.01; SynthSAEBench-16k used 3e-4)."""
+    seed: int | None = None
+    """The generator's own seed (sae_lens's SyntheticModelConfig.seed): set it to rebuild a
+    published model exactly (SynthSAEBench-16k: 42). None: derived from the run's seed.
+    """
     bias: bool | float = False
     """A constant offset added to every activation: False none, True a random one, or its norm.
     """

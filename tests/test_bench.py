@@ -143,3 +143,29 @@ def test_bench_startup_times_each_case_in_fresh_processes_next_to_import_torch(
 def test_bench_startup_rejects_no_repeats() -> None:
     result = sae("bench", "startup", "--repeats", "0")
     assert result.returncode == 2 and "--repeats must be at least 1" in result.stderr
+
+
+def test_bench_synth_times_both_samplers_and_reports_their_l0(tmp_path: Path) -> None:
+    tree = tiny_tree()
+    tree["data"]["synthetic"]["hierarchy"] = {
+        "total_root_nodes": 2, "branching_factor": 3, "max_depth": 2,
+        "compensate_probabilities": True,
+    }  # fmt: skip
+    tree["data"]["synthetic"]["correlation"] = {"rank": 4, "correlation_scale": 0.1}
+    out = tmp_path / "synth.json"
+    config = str(write_config(tmp_path / "tiny.yaml", tree))
+    result = sae("bench", "synth", "--config", config, "--rows", "512", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = {row["sampler"]: row for row in json.loads(out.read_text())["rows"]}
+    theirs, ours = rows["sae_lens sample_with_features"], rows["ours sample_with_features"]
+    assert theirs["ratio"] == 1 and ours["rows_per_second"] > 0
+    assert abs(ours["l0"] - theirs["l0"]) < 0.5 * theirs["l0"]
+
+
+def test_bench_synth_needs_a_synthetic_source(tmp_path: Path) -> None:
+    tree = tiny_tree()
+    tree["data"] = {"toy": {"n_features": 20, "d_hidden": 5}}
+    config = str(write_config(tmp_path / "toy.yaml", tree))
+    result = sae("bench", "synth", "--config", config, "--rows", "64")
+    assert result.returncode == 2
+    assert "data.synthetic" in result.stderr and "Traceback" not in result.stderr

@@ -36,6 +36,9 @@ def test_metrics_agree_with_saelens_synthetic_evals(arch: str, tmp_path) -> None
     source = SyntheticSource(
         SyntheticConfig(num_features=40, hidden_dim=12, std_magnitude=0.3), seed=3
     )
+    # Identical draws on both sides isolate the metric code: sae_lens's own sampler, not ours
+    # (same law, other draws; tests/test_synthetic_sampler.py compares the two).
+    source.sampler = None
     sae = build_sae(SAEConfig(arch=arch, d_sae=32, **k_for(arch, 4)), 12, seed=5)
     with torch.no_grad():
         sae.b_enc.fill_(-0.05)

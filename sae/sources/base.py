@@ -60,6 +60,10 @@ class GroundTruthSource(ActivationSource):
     def sample_with_features(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(activations [n, d_in], true feature activations [n, n_features])."""
 
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """Activations [n, d_in] alone; sources that can skip the dense feature matrix do."""
+        return self.sample_with_features(n, generator)[0]
+
 
 class SampledStream(BatchStream):
     """A stream that draws each batch from a ground-truth source with its own generator."""
@@ -70,7 +74,7 @@ class SampledStream(BatchStream):
         self.batches = 0
 
     def __next__(self) -> Tensor:
-        x, _ = self.source.sample_with_features(self.batch_size, self.generator)
+        x = self.source.sample(self.batch_size, self.generator)
         self.batches += 1
         return x
 

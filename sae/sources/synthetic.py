@@ -2,9 +2,11 @@
 
 Our config is validated here and translated into sae_lens's SyntheticModelConfig; the
 firing-probability schedules, magnitudes, hierarchy and low-rank correlation are SAELens's.
-sae_lens samples from torch's global RNG, so every draw runs inside `fork_rng` with the
-stream's own saved generator state: sampling is reproducible and resumable without
-disturbing anyone else's randomness.
+Batches are drawn by our FastSampler (sae/sources/synthetic_sampler.py): the same distribution
+as sae_lens's `sample_with_features`, drawn sparsely from the stream's own torch.Generator, so
+sampling is reproducible and resumable without touching the global RNG. Models it does not
+cover fall back to sae_lens's sampler, which draws from the global RNG: those draws run inside
+`fork_rng` with the stream's saved generator state.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import Tensor
 from sae.config import FiringProbabilityConfig, MagnitudeConfig, SyntheticConfig
 from sae.seeding import derive_seed
 from sae.sources.base import GroundTruthSource, SampledStream
+from sae.sources.synthetic_sampler import FastSampler
 from sae.streams import BatchStream
 
 
@@ -67,7 +70,9 @@ def saelens_config(cfg: SyntheticConfig, seed: int) -> SyntheticModelConfig:
         )
     orthogonalization = None
     if cfg.orthogonalize_steps:
-        orthogonalization = OrthogonalizationConfig(num_steps=cfg.orthogonalize_steps)
+        orthogonalization = OrthogonalizationConfig(
+            num_steps=cfg.orthogonalize_steps, lr=cfg.orthogonalize_lr
+        )
     return SyntheticModelConfig(
         num_features=cfg.num_features,
         hidden_dim=cfg.hidden_dim,
@@ -86,11 +91,26 @@ class SyntheticSource(GroundTruthSource):
     def __init__(self, cfg: SyntheticConfig, seed: int):
         self.cfg = cfg
         self.d_in = cfg.hidden_dim
+        model_seed = cfg.seed if cfg.seed is not None else derive_seed(seed, "synthetic-model")
         with torch.random.fork_rng(devices=[]):
-            self.model = SyntheticModel(saelens_config(cfg, derive_seed(seed, "synthetic-model")))
+            self.model = SyntheticModel(saelens_config(cfg, model_seed))
         self.model.eval()
+        self.sampler = FastSampler.build(self.model)
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        if self.sampler is not None:  # no dense [n, num_features] matrix needed
+            return self.sampler.sample(n, generator)
+        return self.sample_with_features(n, generator)[0]
 
     def sample_with_features(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        if self.sampler is not None:
+            return self.sampler.sample_with_features(n, generator)
+        return self.saelens_sample_with_features(n, generator)
+
+    def saelens_sample_with_features(
+        self, n: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """sae_lens's own sampler (the reference the fast one is checked against)."""
         # sae_lens draws from the global RNG: lend it our generator's state for this draw.
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(generator.get_state())
