@@ -63,7 +63,9 @@ def test_target_l0_brings_penalty_architectures_within_ten_percent(arch: str, tm
     assert result["mcc"] > 0.8
     if arch == "jumprelu":  # the thresholds are learned, not left where the warm start put them
         records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-        assert min(r.get("sparsity_multiplier", 1.0) for r in records) < 0.9
+        # the controller moved the coefficient (which way depends on the draws: here L0 sits
+        # at 2k during the warm start and falls below the target after it)
+        assert max(abs(r.get("sparsity_multiplier", 1.0) - 1) for r in records) > 0.1
         threshold = sae.threshold.detach()
         assert threshold.std() > 0.01 * threshold.mean()  # per-latent, no longer one cutoff
         assert torch.isfinite(threshold).all()
