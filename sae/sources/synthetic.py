@@ -100,7 +100,7 @@ class SyntheticSource(GroundTruthSource):
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         if self.sampler is not None:  # no dense [n, num_features] matrix needed
             return self.sampler.sample(n, generator)
-        return self.sample_with_features(n, generator)[0]
+        return super().sample(n, generator)
 
     def sample_with_features(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         if self.sampler is not None:

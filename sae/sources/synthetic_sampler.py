@@ -181,10 +181,13 @@ class FastSampler:
         """p_feature(row) given the row's shared Gaussian factor."""
         if eps is None or self.low_rank is None:
             return self.p[feats]
-        factor, diag_sqrt = self.low_rank
-        assert self.thresholds is not None
-        c = (eps[rows] * factor[feats]).sum(1)
-        return _phi((c - self.thresholds[feats]) / diag_sqrt[feats])
+        return self._copula((eps[rows] * self.low_rank[0][feats]).sum(1), feats)
+
+    def _copula(self, shared: Tensor, feats: Tensor) -> Tensor:
+        """Firing probability of `feats` given `shared`, the low-rank factor's part of their
+        Gaussians (F_i . eps_r): Phi((shared - t_i) / d_i), broadcast over leading dims."""
+        assert self.low_rank is not None and self.thresholds is not None
+        return _phi((shared - self.thresholds[feats]) / self.low_rank[1][feats])
 
     def _magnitudes(self, feats: Tensor, generator: torch.Generator) -> Tensor:
         z = torch.randn(feats.shape[0], generator=generator)
@@ -198,11 +201,9 @@ class FastSampler:
         if eps is None or self.low_rank is None:
             bound = self.p[feats].expand(blocks, -1)
         else:  # over a block of rows, p_i(r) <= Phi((max_r F_i . eps_r - t_i) / d_i)
-            factor, diag_sqrt = self.low_rank
-            assert self.thresholds is not None
             padded = torch.cat([eps, eps[: blocks * BLOCK_ROWS - n]])  # repeats: still a bound
-            c = padded.view(blocks, BLOCK_ROWS, -1) @ factor[feats].T
-            bound = _phi((c.amax(1) - self.thresholds[feats]) / diag_sqrt[feats])
+            c = padded.view(blocks, BLOCK_ROWS, -1) @ self.low_rank[0][feats].T
+            bound = self._copula(c.amax(1), feats)
         dense = (bound > DENSE_BOUND).any(0)
         d_rows, d_feats = self._dense(n, feats[dense], eps, generator)
         s_rows, s_feats = self._poisson(n, feats[~dense], bound[:, ~dense], eps, generator)
@@ -214,10 +215,7 @@ class FastSampler:
         if eps is None or self.low_rank is None:
             prob = self.p[feats].expand(n, -1)
         else:
-            factor, diag_sqrt = self.low_rank
-            assert self.thresholds is not None
-            c = eps @ factor[feats].T
-            prob = _phi((c - self.thresholds[feats]) / diag_sqrt[feats])
+            prob = self._copula(eps @ self.low_rank[0][feats].T, feats)
         rows, cols = torch.nonzero(
             torch.rand(n, feats.shape[0], generator=generator) < prob, as_tuple=True
         )
