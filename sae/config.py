@@ -714,7 +714,9 @@ def _describe(error: ValidationError, prefix: str = "") -> str:
     if first["type"] == "missing":
         return f"missing config key '{where}'"
     bad = first.get("input")
-    shown = f" (got {quote(bad)})" if not isinstance(bad, dict) and bad is not None else ""
+    # a whole section (a model-level check) is not worth quoting: the message names the keys
+    whole = isinstance(bad, dict | BaseModel)
+    shown = f" (got {quote(bad)})" if not whole and bad is not None else ""
     return f"config key '{where}': {msg}{shown}" if where else msg
 
 

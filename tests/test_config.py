@@ -54,6 +54,14 @@ def test_k_larger_than_dictionary_is_rejected(tiny_config: Path) -> None:
         load_config(tiny_config, ["sae.k=100"])
 
 
+def test_a_section_level_error_names_the_problem_without_quoting_the_section(
+    tiny_config: Path,
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(tiny_config, ["sae.arch=matryoshka", "sae.matryoshka_widths=[100]"])
+    assert str(error.value) == "config key 'sae': matryoshka_widths exceed d_sae=48"
+
+
 def test_shipped_configs_validate() -> None:
     for path in Path("configs").rglob("*.yaml"):
         load_config(path)
