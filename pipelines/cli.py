@@ -599,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
         "suite", help="the ground-truth suite (configs/suite) on the defaults: ours, SAELens, oracle"
     )
     suite.add_argument("--quick", action="store_true", help="a representative third of the cases")
-    suite.add_argument("--archs", default="batchtopk", help="architectures, comma-separated")
+    suite.add_argument("--archs", default="topk", help="architectures, comma-separated")
     suite.add_argument("--trainers", default="ours,saelens,oracle", help="comma-separated")
     suite.add_argument("--cases", default=None, help="case names, comma-separated (default: all)")
     suite.add_argument("--json", type=Path, default=None, help="write rows, settings, summary here")

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae.config import SAEConfig
+from sae.config import SAEConfig, default_warm_k
 from sae.models import REGISTRY, StepContext, build_sae
 from sae.publish.saelens import load_saelens, save_saelens
 from tests.conftest import k_for
@@ -174,3 +174,20 @@ def test_matryoshka_aux_loss_aims_inner_dead_latents_at_their_prefix_residual() 
     variance = residual.var(0, unbiased=False).sum()
     expected = sae.cfg.aux_coefficient * error / variance
     assert torch.allclose(out.aux, expected, rtol=1e-4)
+
+
+def test_default_warm_k_is_twice_k_floored_at_a_eighth_of_d_in_and_capped_at_16() -> None:
+    assert default_warm_k(2, 16) == 4  # 2k
+    assert default_warm_k(2, 64) == 8  # room up to d_in / 8 at small k
+    assert default_warm_k(10, 64) == 16 and default_warm_k(30, 768) == 16  # the cap
+    assert default_warm_k(1.5, 8) == 3  # a fractional batch k rounds up
+
+
+def test_topk_trains_at_its_warm_k_before_switching_to_k() -> None:
+    sae = build_sae(SAEConfig(arch="topk", d_sae=48, k=3, warm_start_frac=0.5), D_IN, seed=1)
+    x = torch.randn(64, D_IN)
+    assert sae.cfg.warm_k(D_IN) == 6
+    early = sae.training_forward(x, StepContext(progress=0.1)).latents.l0()
+    late = sae.training_forward(x, StepContext(progress=0.6)).latents.l0()
+    assert float(early) == pytest.approx(6, abs=0.5) and float(late) == pytest.approx(3)
+    assert float((sae.encode(x) != 0).sum(-1).float().mean()) <= 3  # inference uses k

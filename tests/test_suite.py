@@ -32,7 +32,7 @@ def test_suite_json_rows_follow_the_contract(tmp_path: Path) -> None:
     rows = document["rows"]
     assert [row["trainer"] for row in rows] == ["ours", "saelens", "oracle"]
     assert all(set(row) >= ROW_KEYS and row["hierarchical"] is False for row in rows)
-    settings = document["settings"]["s01_const_2x/batchtopk"]
+    settings = document["settings"]["s01_const_2x/topk"]
     assert settings["train"]["samples"] == 20000 and settings["sae"]["d_sae"] == 64
     # started at the true dictionary, the oracle is near-perfect even after a short run
     assert rows[2]["mcc"] > 0.95
@@ -60,10 +60,11 @@ def test_suite_spans_at_least_sixteen_cases_with_a_quick_third() -> None:
     assert len(full) >= 16 and 0 < len(quick) <= len(full) // 2
 
 
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 @pytest.mark.parametrize("case", ["s01_const_2x", "s16_toy_uniform"])
-def test_suite_case_recovers_the_dictionary_on_the_defaults(case: str) -> None:
+def test_suite_case_recovers_the_dictionary_on_the_defaults(case: str, arch: str) -> None:
     (path,) = case_paths(quick=False, names=[case])
-    rows, settings = run_case(path, "batchtopk", ["ours"])
+    rows, settings = run_case(path, arch, ["ours"])
     (row,) = rows
     assert settings["train"]["batch_size"] is None  # the defaults, not a recipe
     assert row["mcc"] > 0.85 and row["dead_fraction"] <= 0.05, row

@@ -139,7 +139,7 @@ class SparseAutoencoder(nn.Module):
             if self.warm_startable and self.cfg.warm_start_frac > 0 and not warming:
                 self.end_warm_start(pre_all, ctx.group)
             if warming:
-                layout = topk_pairs(pre_all, self.cfg.warm_k())
+                layout = topk_pairs(pre_all, self.cfg.warm_k(self.d_in))
             else:
                 layout = self.training_select(pre_all, ctx.group)
             aux_layout = self._auxk_layout(pre_all, ctx)
