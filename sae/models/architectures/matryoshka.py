@@ -16,9 +16,9 @@ Options from the literature, measured on the suite's hierarchical cases (s13, s1
   reconstruct what the prefix ending there misses, not what the whole dictionary misses.
 
 None of the three beat the seed-to-seed spread on those cases (f1 within +-0.03 of the
-defaults; balanced m=0.5 lost 0.03), so all stay off. What did move them is AuxK's weight, the
-default aux_coefficient below: about a fifth of the latents ended dead on every hierarchical
-case, and f1 counts a dead latent as 0. Our AuxK term is normalised by the residual's variance
+defaults; balanced m=0.5 lost 0.03), so all stay off. What did move them is AuxK's weight
+(aux_coefficient, 0.5 as batchtopk's): about a fifth of the latents ended dead on every
+hierarchical case, and f1 counts a dead latent as 0. Our AuxK term is normalised by the residual's variance
 while the reconstruction terms are raw squared errors, so at OpenAI's 1/32 it is tiny beside
 them: on s13 at the end of training, AuxK 0.03 against a loss of 47 (full-width error 8), where
 in OpenAI's code, with both terms normalised, it is about 0.03 against 0.05. Adam keeps a dying
@@ -48,8 +48,6 @@ class MatryoshkaOptions(BatchTopKOptions):
     # until the hierarchical cases say otherwise.
     warm_start_frac: float = Field(0.5, ge=0, le=1)
     """Fraction of training run as a per-row TopK before the batch-level TopK."""
-    aux_coefficient: float = Field(0.5, ge=0)
-    """AuxK loss weight (matryoshka: 0.5, not 1/32; the module docstring says why)."""
 
     matryoshka_widths: list[int] | None = None
     """Nested prefix widths; the full width d_sae is always the last level (default: doubling
