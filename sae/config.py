@@ -446,7 +446,7 @@ class KOptions(ArchitectureOptions):
 
 
 class WarmStartOptions(KOptions):
-    """Batch-level and threshold activations that may start as a per-row TopK.
+    """Activations that may start as a per-row TopK at another k: topk, batch-level, threshold.
 
     They train as a per-row TopK SAE with warm_start_k (default: `default_warm_k`) for the
     first warm_start_frac of training before switching to their own activation (topk: to k).

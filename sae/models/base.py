@@ -65,7 +65,8 @@ class SparseAutoencoder(nn.Module):
     Options: ClassVar[type[ArchitectureOptions]]  # its keys (sae/config.py), validated by arch
     saelens_arch: ClassVar[str]  # the `architecture` written to SAELens's cfg.json
     unit_norm_decoder: ClassVar[bool] = True
-    # Batch-level and threshold activations may start as a per-row TopK (sae.warm_start_frac).
+    # May start as a per-row TopK at another k (sae.warm_start_frac): topk, batch-level and
+    # threshold activations.
     warm_startable: ClassVar[bool] = False
 
     def __init__(self, d_in: int, cfg: SAEConfig, generator: torch.Generator | None = None):

@@ -18,13 +18,14 @@ Options from the literature, measured on the suite's hierarchical cases (s13, s1
 None of the three beat the seed-to-seed spread on those cases (f1 within +-0.03 of the
 defaults; balanced m=0.5 lost 0.03), so all stay off. What did move them is AuxK's weight
 (aux_coefficient, 0.5 as batchtopk's): about a fifth of the latents ended dead on every
-hierarchical case, and f1 counts a dead latent as 0. Our AuxK term is normalised by the residual's variance
-while the reconstruction terms are raw squared errors, so at OpenAI's 1/32 it is tiny beside
-them: on s13 at the end of training, AuxK 0.03 against a loss of 47 (full-width error 8), where
-in OpenAI's code, with both terms normalised, it is about 0.03 against 0.05. Adam keeps a dying
-latent's steps small for as long as its second moment remembers the large reconstruction
-gradients, so a weak AuxK cannot pull it back in time. s13 f1 at aux_coefficient 1/32, 1/8,
-1/2, 2: 0.68, 0.72, 0.77, 0.73 (seed-to-seed spread at 1/32: 0.63 to 0.68).
+hierarchical case, and f1 counts a dead latent as 0. Our AuxK term is normalised by the
+residual's variance while the reconstruction terms are raw squared errors, so at OpenAI's 1/32
+it is tiny beside them: on s13 at the end of training, AuxK 0.03 against a loss of 47
+(full-width error 8), where in OpenAI's code, with both terms normalised, it is about 0.03
+against 0.05. Adam keeps a dying latent's steps small for as long as its second moment
+remembers the large reconstruction gradients, so a weak AuxK cannot pull it back in time. s13
+f1 at aux_coefficient 1/32, 1/8, 1/2, 2: 0.68, 0.72, 0.77, 0.73 (seed-to-seed spread at 1/32:
+0.63 to 0.68).
 """
 
 from __future__ import annotations
