@@ -470,7 +470,7 @@ def default_warm_k(k: float, d_in: int) -> int:
     --set sae.warm_start_k=W`, warm start 0.8), mcc by warm k:
     - the upper cliff is near 16 whatever k and d_in: s07 (k 10, d_in 64) 5: 0.954, 8: 0.953,
       12: 0.956, 16: 0.968, 20: 0.831, 24: 0.546; s08 (k 30, d_in 128) 4: 0.852, 8: 0.911,
-      12: 0.933, 16: 0.933, 20: 0.843, 24: 0.533 (and 30, no warm start: 0.343). Many slots
+      12: 0.933, 16: 0.933, 20: 0.843, 24: 0.533 (and 30, no warm start: 0.332). Many slots
       per row let every latent fire on a broad mix of features and none specialises.
     - small k wants room up to about d_in / 8: s04 (k 2, d_in 64) 4: 0.916, 8: 0.971, 16:
       0.970; s09 (k 3, 64) 6: 0.912, 8: 0.907, 16: 0.926; s05 (k 4, 64) 8: 0.976, 16: 0.957.

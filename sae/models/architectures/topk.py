@@ -15,10 +15,11 @@ class TopKOptions(WarmStartOptions):
     shown_keys: ClassVar[tuple[str, ...]] = ("k",)
 
     # A warm start at another k (`default_warm_k`: more slots at small k, fewer at large k)
-    # for most of the run, then k. Suite, topk ours, mcc without -> with the warm start 0.8
-    # (its k then 2k capped at 8): s08 (L0 30) 0.343 -> 0.911, s04 (Zipfian) 0.870 -> 0.916,
-    # s05 0.939 -> 0.976, s01 0.917 -> 0.973, s16 0.974 -> 1.000; s03 (16x superposition) 0.941
-    # -> 0.921 is the one case it costs. 0.5 instead of 0.8: s08 0.845, s04 0.898.
+    # for most of the run, then k. Suite, topk ours (AuxK 1/32), mcc without -> with the warm
+    # start 0.8: s08 (L0 30) 0.332 -> 0.933, s04 (Zipfian) 0.890 -> 0.971, s05 0.948 -> 0.976,
+    # s01 0.917 -> 0.973, s16 0.976 -> 1.000; s03 (16x superposition) 0.941 -> 0.921 is the one
+    # case it costs. 0.5 instead of 0.8 (with the earlier warm k, 2k capped at 8): s08 0.911 ->
+    # 0.845, s04 0.916 -> 0.898.
     warm_start_frac: float = Field(0.8, ge=0, le=1)
     """Fraction of training run as a per-row TopK with warm_start_k before k."""
     # Not OpenAI's 1/32: our AuxK term is normalised by the residual's variance and the
